@@ -1,0 +1,77 @@
+// mambacv/selective_scan.h - THE fused selective-scan kernel shared by Vim and VMamba.
+//
+// Semantics (../shared/docs/MODELS.md §1, upstream mamba_ssm selective_scan_ref with delta_softplus):
+// for each batch item b, channel c and each direction k (its own operands), over steps l = 0..L-1 with
+// token t = order_k[l] (identity when order is null):
+//     dt      = softplus(delta(b,c,t) + delta_bias[c])          (plain delta + bias when delta_softplus is false)
+//     h[n]    = exp(dt * A[c,n]) * h[n] + dt * B(b,g,n,t) * u(b,c,t)      g = c / (dim / groups), h fp32, h0 = 0
+//     y       = sum_n C(b,g,n,t) * h[n] + D[c] * u(b,c,t)
+//     y      *= silu(z(b,c,t))                                   (when the direction has z)
+//     out(b,c,t) (+)= out_scale * y                              (rounded to dir_round first, see below)
+// Several directions accumulate into one output; a direction reads and writes every token-indexed operand
+// through its order, so cross-scan / flipped sequences are never materialised.
+//
+// Layouts are given by element strides, so (B, D, L) channel-major and (B, L, D) token-major both work. The fast
+// CPU path vectorises across channels and is fastest when the channel stride of u, delta, z and out is 1.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mambacv/dtype.h"
+
+namespace mambacv {
+
+// Element (b, c, t) of a (batch, channel, token) operand is at ptr[b*sb + c*sc + t*st] (in elements of dtype).
+struct ScanOperand {
+  const void* ptr = nullptr;
+  DType dtype = DType::F32;  // F32, F16 or BF16
+  int64_t sb = 0, sc = 0, st = 0;
+};
+
+// Element (b, g, n, t) of a B or C operand is at ptr[b*sb + g*sg + n*sn + t*st].
+struct ScanBCOperand {
+  const void* ptr = nullptr;
+  DType dtype = DType::F32;
+  int64_t sb = 0, sg = 0, sn = 0, st = 0;
+};
+
+struct ScanDirection {
+  ScanOperand u;                       // (B, dim, L) input
+  ScanOperand delta;                   // (B, dim, L) pre-softplus time step
+  ScanBCOperand B;                     // (B, groups, N, L)
+  ScanBCOperand C;                     // (B, groups, N, L)
+  const float* A = nullptr;            // (dim, N), already negative (A = -exp(A_log))
+  const float* D = nullptr;            // (dim) skip, or null for none
+  const float* delta_bias = nullptr;   // (dim), or null for none
+  ScanOperand z;                       // optional gate (ptr null = none)
+  const int32_t* order = nullptr;      // (L) token visited at step l; null = identity; must be a permutation
+  float out_scale = 1.0f;              // multiplier of this direction's contribution
+  float* last_state = nullptr;         // optional output (B, dim, N) fp32: h after the last step
+};
+
+struct ScanParams {
+  int64_t batch = 0, dim = 0, L = 0, N = 0, groups = 1;
+  bool delta_softplus = true;
+  std::vector<ScanDirection> dirs;
+  float* out = nullptr;                // (B, dim, L) fp32 merged output at out[b*osb + c*osc + t*ost]
+  int64_t osb = 0, osc = 0, ost = 0;
+  bool accumulate = false;             // false: out is overwritten; true: contributions are added to out
+  // Precision policy hook (core v1): each direction's y is rounded to this dtype before the fp32 merge.
+  DType dir_round = DType::F32;
+};
+
+// Throws Error if the parameters are inconsistent (null operands, dim % groups, ...).
+void validate_scan_params(const ScanParams& p);
+
+// Plain reference implementation: one (b, c) sequence at a time, scalar code, any strides. Always compiled.
+void selective_scan_ref(const ScanParams& p);
+
+// Fast CPU implementation (threads over batch x channel tiles, vectorised across channels, states in registers,
+// blocked over L). Same results as the reference up to float summation order.
+void selective_scan_cpu(const ScanParams& p);
+
+// Dispatch: the fast CPU path (CUDA when the operands live there, once the CUDA kernels exist).
+void selective_scan(const ScanParams& p);
+
+}  // namespace mambacv

@@ -1,0 +1,65 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "mambacv/tensor.h"
+
+using namespace mambacv;
+
+TEST(DType, HalfRoundTripExactValues) {
+  for (float v : {0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f, 5.9604644775390625e-08f, -0.333251953125f}) {
+    EXPECT_EQ(f16_to_f32(f32_to_f16(v)), v) << v;
+  }
+  EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(70000.0f))));
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(NAN))));
+  // ties to even: 1 + 2^-11 lies halfway between 1 and 1 + 2^-10
+  EXPECT_EQ(f16_to_f32(f32_to_f16(1.0f + 0.00048828125f)), 1.0f);
+  EXPECT_EQ(f16_to_f32(f32_to_f16(1.0f + 3 * 0.00048828125f)), 1.0f + 4 * 0.00048828125f);
+}
+
+TEST(DType, HalfMatchesExhaustiveDecode) {
+  // every finite f16 value converts to f32 and back to the same bits
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    uint16_t h = static_cast<uint16_t>(b);
+    if (((h >> 10) & 0x1f) == 0x1f) continue;
+    EXPECT_EQ(f32_to_f16(f16_to_f32(h)), h) << std::hex << b;
+  }
+}
+
+TEST(DType, BF16Rounding) {
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f)), 1.0f);
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 1.0f / 256)), 1.0f);          // tie -> even
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(Tensor, ViewsShareStorage) {
+  Tensor t = Tensor::zeros({4, 3});
+  Tensor r = t.reshape({2, -1});
+  EXPECT_EQ(r.shape(), (Shape{2, 6}));
+  Tensor s = t.slice0(1, 3);
+  s.f32()[0] = 5.0f;
+  EXPECT_EQ(t.f32()[3], 5.0f);
+  Tensor c = t.clone();
+  c.f32()[3] = 1.0f;
+  EXPECT_EQ(t.f32()[3], 5.0f);
+  EXPECT_THROW(t.reshape({5, -1}), Error);
+  EXPECT_THROW(t.slice0(2, 5), Error);
+  EXPECT_THROW(t.data<int64_t>(), Error);
+}
+
+TEST(Tensor, ConvertAndCompare) {
+  Tensor t = Tensor::from_vector({1.0f, -2.0f, 3.5f, 0.25f}, {2, 2});
+  Tensor h = t.to(DType::F16);
+  EXPECT_EQ(h.dtype(), DType::F16);
+  Tensor back = h.to(DType::F32);
+  Compare c = compare(back, t);
+  EXPECT_EQ(c.rel_l2, 0.0);
+  back.f32()[0] = 1.5f;
+  c = compare(back, t);
+  EXPECT_NEAR(c.max_abs, 0.5, 1e-12);
+  EXPECT_GT(c.rel_l2, 0.0);
+  back.f32()[1] = NAN;
+  EXPECT_FALSE(compare(back, t).finite);
+  EXPECT_THROW(compare(back, Tensor::zeros({4})), Error);
+}

@@ -1,0 +1,46 @@
+#include "test_util.h"
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sys/wait.h>
+
+namespace mambacv::test {
+
+std::string fixture(const std::string& rel) { return std::string(MAMBACV_FIXTURES) + "/" + rel; }
+std::string source_dir() { return MAMBACV_SOURCE_DIR; }
+std::string binary_dir() { return MAMBACV_BINARY_DIR; }
+std::string cli_path() { return MAMBACV_CLI; }
+
+std::string temp_dir(const std::string& tag) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::path(MAMBACV_BINARY_DIR) / "test_tmp" / tag;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+int run_command(const std::string& cmd, std::string* output) {
+  std::string full = cmd + " 2>&1";
+  FILE* f = popen(full.c_str(), "r");
+  if (!f) return -1;
+  std::array<char, 4096> buf;
+  std::string out;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
+  int st = pclose(f);
+  if (output) *output = out;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Tensor random_tensor(const Shape& shape, uint64_t seed, float lo, float hi) {
+  Tensor t = Tensor::empty(shape);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
+  return t;
+}
+
+}  // namespace mambacv::test

@@ -1,0 +1,24 @@
+// Helpers shared by the test programs.
+#pragma once
+
+#include <string>
+
+#include "mambacv/tensor.h"
+
+namespace mambacv::test {
+
+// Absolute path of a file under ../shared/fixtures.
+std::string fixture(const std::string& rel);
+// Path of the project source tree / the build tree.
+std::string source_dir();
+std::string binary_dir();
+// A fresh empty temporary directory for one test.
+std::string temp_dir(const std::string& tag);
+// Path of the built mambacv command line.
+std::string cli_path();
+// Runs a shell command, returns its exit status; stdout+stderr captured into *output when given.
+int run_command(const std::string& cmd, std::string* output = nullptr);
+// Deterministic pseudo-random f32 tensor in [lo, hi).
+Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
+
+}  // namespace mambacv::test

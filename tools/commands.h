@@ -1,0 +1,18 @@
+// The subcommands of the mambacv command line.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace mambacv::cli {
+
+struct Command {
+  const char* name;
+  std::function<int(const std::vector<std::string>&)> run;
+};
+const std::vector<Command>& commands();
+
+int cmd_verify(const std::vector<std::string>& args);
+
+}  // namespace mambacv::cli

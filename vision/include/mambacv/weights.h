@@ -1,0 +1,53 @@
+// mambacv/weights.h - weight files: safetensors (read + write) and PyTorch .pth checkpoints (no Python).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mambacv/tensor.h"
+
+namespace mambacv {
+
+using TensorMap = std::map<std::string, Tensor>;
+
+struct WeightFile {
+  std::string path;
+  TensorMap tensors;                           // in the file's own dtypes (CPU)
+  std::map<std::string, std::string> metadata;  // safetensors "__metadata__"; .pth: {"source_key": "model", ...}
+};
+
+// safetensors (https://github.com/huggingface/safetensors format): the file is memory-mapped and the returned
+// tensors are views into the mapping (kept alive by the tensors). Validated like the reference implementation:
+// header size cap (100 MB), JSON object header, known dtypes, shape entries >= 0, data_offsets [begin, end] in range,
+// contiguous and non-overlapping covering the whole data section, byte size = dtype size x numel.
+// Any violation throws Error naming the file (and the tensor).
+WeightFile load_safetensors(const std::string& path);
+
+// Writes tensors (any dtype) and optional string metadata in safetensors format; tensors are written in name
+// order. Throws Error naming the file on I/O failure.
+void save_safetensors(const std::string& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// PyTorch checkpoint (.pth / .pt zip archive: `archive/data.pkl` + `archive/data/<key>` storages).
+// Interprets an allow-list of pickle opcodes and globals (collections.OrderedDict, torch._utils._rebuild_tensor_v2,
+// torch.*Storage, ...): never runs code, bounds every size it reads. Objects it cannot interpret (argparse.Namespace,
+// optimizer state, ...) become opaque placeholders and are skipped. The state dict is taken from "model", else
+// "state_dict", else "model_ema", else the top level if it is itself a dict of tensors; a leading "module." is
+// stripped from every name. metadata["source_key"] names the entry used. Tensors are returned contiguous.
+WeightFile load_pth(const std::string& path);
+
+// By content: safetensors, or a zip archive (.pth). Throws Error naming the file when it is neither.
+WeightFile load_weights(const std::string& path);
+
+// Expected parameter of a model: name and shape.
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+};
+
+// Strict matching: throws one Error (naming `source`) that lists every missing, unexpected and wrongly shaped
+// tensor by name with expected and actual shapes. Non-float tensors where floats are expected count as wrong.
+void check_weights_match(const TensorMap& weights, const std::vector<ParamSpec>& expected, const std::string& source);
+
+}  // namespace mambacv
