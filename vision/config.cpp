@@ -1,0 +1,80 @@
+// Model config files: {"arch": ..., "config": {upstream constructor kwargs}}; other top-level keys are ignored,
+// so every golden fixture's json is itself a valid config.
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "mambacv/mambacv.h"
+
+namespace mambacv {
+namespace fs = std::filesystem;
+
+namespace {
+std::vector<fs::path> config_dirs() {
+  std::vector<fs::path> dirs;
+  if (const char* e = std::getenv("MAMBACV_CONFIG_DIR")) dirs.emplace_back(e);
+#ifdef MAMBACV_INSTALL_CONFIG_DIR
+  dirs.emplace_back(MAMBACV_INSTALL_CONFIG_DIR);
+#endif
+#ifdef MAMBACV_CONFIG_DIR
+  dirs.emplace_back(MAMBACV_CONFIG_DIR);
+#endif
+  return dirs;
+}
+
+ModelConfig parse_config_file(const fs::path& p, const std::string& name) {
+  std::ifstream f(p);
+  MAMBACV_CHECK(f.good(), "config " << p.string() << ": cannot open the file");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    MAMBACV_FAIL("config " << p.string() << ": not valid JSON (" << e.what() << ")");
+  }
+  MAMBACV_CHECK(j.is_object(), "config " << p.string() << ": expected a JSON object {\"arch\": ..., \"config\": {...}}");
+  MAMBACV_CHECK(j.contains("arch") && j["arch"].is_string(),
+                "config " << p.string() << ": missing string key \"arch\" (vim, vmamba, vmamba_backbone, mask_rcnn)");
+  MAMBACV_CHECK(j.contains("config") && j["config"].is_object(),
+                "config " << p.string() << ": missing object key \"config\" (the upstream constructor kwargs)");
+  ModelConfig c;
+  c.name = name;
+  c.path = p.string();
+  c.arch = j["arch"].get<std::string>();
+  c.json = j["config"].dump();
+  return c;
+}
+}  // namespace
+
+std::vector<std::string> list_model_configs() {
+  std::vector<std::string> names;
+  for (const auto& d : config_dirs()) {
+    std::error_code ec;
+    if (!fs::is_directory(d, ec)) continue;
+    for (const auto& e : fs::directory_iterator(d, ec))
+      if (e.path().extension() == ".json") names.push_back(e.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
+}
+
+ModelConfig load_model_config(const std::string& name_or_path) {
+  fs::path p(name_or_path);
+  std::error_code ec;
+  if (fs::is_regular_file(p, ec)) return parse_config_file(p, p.stem().string());
+  bool looks_like_path = name_or_path.find('/') != std::string::npos || p.extension() == ".json";
+  MAMBACV_CHECK(!looks_like_path, "config " << name_or_path << ": no such file");
+  for (const auto& d : config_dirs()) {
+    fs::path c = d / (name_or_path + ".json");
+    if (fs::is_regular_file(c, ec)) return parse_config_file(c, name_or_path);
+  }
+  std::ostringstream known;
+  for (const auto& n : list_model_configs()) known << " " << n;
+  MAMBACV_FAIL("--model " << name_or_path << ": not a config file and not a known model name; known models:"
+                          << (known.str().empty() ? " (none found; set MAMBACV_CONFIG_DIR)" : known.str()));
+}
+
+}  // namespace mambacv

@@ -1,0 +1,87 @@
+// mambacv/mambacv.h - the public API: load a Vim / VMamba model, classify, extract features.
+//
+//   mambacv::Options opt;                      // device, dtype, core, threads
+//   auto model = mambacv::Model::load("vmamba_tiny_s1l8", "vssm1_tiny_0230s_ckpt_epoch_264.pth", opt);
+//   mambacv::Tensor logits = model.classify(x);            // x: (B, 3, H, W) normalised f32 -> (B, classes)
+//   auto f = model.features(x);                            // named NCHW maps / vectors
+//
+// A loaded Model is immutable: one instance may serve several threads at once (weights are read-only, every call
+// allocates its own workspace). Copies of a Model share the weights.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mambacv/device.h"
+#include "mambacv/error.h"
+#include "mambacv/tensor.h"
+#include "mambacv/weights.h"
+
+namespace mambacv {
+
+// The two VMamba scan cores (MODELS.md §3.4): the same function, different rounding points in reduced precision.
+enum class Core { V0, V1 };
+const char* core_name(Core c);
+Core parse_core(const std::string& s);  // "v0" | "v1"
+
+struct Options {
+  Device device = Device::Cpu;
+  DType dtype = DType::F32;  // compute dtype: F32, F16 or BF16
+  Core core = Core::V0;
+  int threads = 0;           // 0: all cores
+};
+
+// A model config file: {"arch": "vim" | "vmamba" | "vmamba_backbone" | ..., "config": {upstream kwargs}}.
+struct ModelConfig {
+  std::string name;   // config name (file stem) or path
+  std::string path;   // file it was read from ("" when built in memory)
+  std::string arch;
+  std::string json;   // the "config" object, serialised
+};
+// `name_or_path`: a path to a .json file, or the name of a config shipped in configs/ (e.g. "vim_tiny").
+ModelConfig load_model_config(const std::string& name_or_path);
+// Names of the shipped configs.
+std::vector<std::string> list_model_configs();
+
+namespace detail {
+class Network;
+}
+
+class Model {
+ public:
+  // Loads config + weights (.safetensors or .pth), strictly matched against the model (one error lists every
+  // missing, unexpected or misshapen tensor).
+  static Model load(const std::string& config, const std::string& weights, const Options& opt = {});
+  static Model load(const ModelConfig& config, const TensorMap& weights, const Options& opt = {},
+                    const std::string& weights_source = "weights");
+  // Random weights with the upstream initialisation's scale (for benchmarks and shape checks).
+  static Model random(const ModelConfig& config, const Options& opt = {}, uint64_t seed = 0);
+
+  const std::string& arch() const;
+  const Options& options() const;
+  int input_size() const;  // square input side of the config (img_size / 224)
+  int num_classes() const;  // 0 for backbones
+
+  // x: (B, 3, H, W) normalised f32. Returns (B, num_classes) logits. Throws for backbones.
+  Tensor classify(const Tensor& x) const;
+  // Named features, NCHW for maps: VMamba "stage.i" (after each stage, before downsampling), backbones
+  // "features.i"; Vim "cls" (B, D) (the normed class token) and "tokens" (B, D, gh, gw) (normed token map).
+  std::map<std::string, Tensor> features(const Tensor& x) const;
+  // Every tensor the model can produce for `x`, named as in the golden fixtures (logits, features, features.i,
+  // stage.i, patch_embed, first mixer output), in the upstream module's own layout. Used by `mambacv verify`.
+  std::map<std::string, Tensor> forward_all(const Tensor& x) const;
+
+  // Parameters (count) and the expected weight names/shapes.
+  int64_t num_parameters() const;
+  std::vector<ParamSpec> parameter_specs() const;
+
+  Model(std::shared_ptr<const detail::Network> net, Options opt);
+
+ private:
+  std::shared_ptr<const detail::Network> net_;
+  Options opt_;
+};
+
+}  // namespace mambacv
