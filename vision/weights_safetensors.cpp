@@ -1,0 +1,235 @@
+// safetensors read (memory-mapped, validated) and write.
+//
+// Format (huggingface/safetensors, docs "format"): [u64 little-endian N][N bytes of UTF-8 JSON header][data].
+// The header is a JSON object: an optional "__metadata__" string->string map, and for every tensor
+//   "name": {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}
+// with offsets relative to the start of the data section. The reference implementation (safetensors/src/tensor.rs,
+// `Metadata::validate`) requires: N <= 100'000'000, 8 + N <= file size, entries sorted by offset are contiguous
+// from 0 (no gap, no overlap), end - begin == numel * dtype size, and the last end is exactly the data size.
+// Writers pad the header with spaces so the data starts at a multiple of 8; a tensor itself may still sit at an
+// offset that is not a multiple of its element size, so such a tensor is copied into an aligned buffer.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "mambacv/weights.h"
+#include "vision/mapped_file.h"
+
+namespace mambacv {
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // reference MAX_HEADER_SIZE
+
+// safetensors dtype spelling <-> DType. Types the library does not have (F8_*, U16/U32/U64, C64, ...) are
+// rejected by name when loading.
+struct DTypeName {
+  const char* name;
+  DType dtype;
+};
+constexpr DTypeName kDTypeNames[] = {
+    {"F64", DType::F64}, {"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16}, {"I64", DType::I64},
+    {"I32", DType::I32}, {"I16", DType::I16}, {"I8", DType::I8},   {"U8", DType::U8},     {"BOOL", DType::Bool},
+};
+
+bool parse_dtype(const std::string& s, DType* out) {
+  for (const auto& d : kDTypeNames)
+    if (s == d.name) {
+      *out = d.dtype;
+      return true;
+    }
+  return false;
+}
+
+const char* safetensors_dtype_name(DType t) {
+  for (const auto& d : kDTypeNames)
+    if (d.dtype == t) return d.name;
+  return "?";
+}
+
+// One tensor entry of the header, before the data is attached.
+struct Entry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+uint64_t json_uint(const nlohmann::json& v, const std::string& path, const std::string& tensor, const char* field) {
+  MAMBACV_CHECK(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0),
+                path << ": tensor '" << tensor << "': " << field << " must hold non-negative integers, found "
+                     << v.dump());
+  return v.get<uint64_t>();
+}
+
+Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& info) {
+  MAMBACV_CHECK(info.is_object(), path << ": tensor '" << name << "': header entry must be an object, found "
+                                       << info.type_name());
+  for (const char* field : {"dtype", "shape", "data_offsets"})
+    MAMBACV_CHECK(info.contains(field), path << ": tensor '" << name << "': header entry has no \"" << field << "\"");
+  Entry e;
+  e.name = name;
+  const auto& jd = info["dtype"];
+  MAMBACV_CHECK(jd.is_string(), path << ": tensor '" << name << "': dtype must be a string, found " << jd.dump());
+  MAMBACV_CHECK(parse_dtype(jd.get<std::string>(), &e.dtype),
+                path << ": tensor '" << name << "': unknown or unsupported dtype '" << jd.get<std::string>()
+                     << "' (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
+  const auto& js = info["shape"];
+  MAMBACV_CHECK(js.is_array(), path << ": tensor '" << name << "': shape must be an array, found " << js.dump());
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (const auto& d : js) {
+    uint64_t v = json_uint(d, path, name, "shape");
+    overflow |= v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+                __builtin_mul_overflow(numel, v, &numel);
+    e.shape.push_back(static_cast<int64_t>(std::min<uint64_t>(v, std::numeric_limits<int64_t>::max())));
+  }
+  uint64_t nbytes = 0;
+  overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes) ||
+              nbytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  MAMBACV_CHECK(!overflow, path << ": tensor '" << name << "': shape " << js.dump() << " overflows the element count");
+  const auto& jo = info["data_offsets"];
+  MAMBACV_CHECK(jo.is_array() && jo.size() == 2,
+                path << ": tensor '" << name << "': data_offsets must be [begin, end], found " << jo.dump());
+  e.begin = json_uint(jo[0], path, name, "data_offsets");
+  e.end = json_uint(jo[1], path, name, "data_offsets");
+  MAMBACV_CHECK(e.begin <= e.end, path << ": tensor '" << name << "': data_offsets [" << e.begin << ", " << e.end
+                                       << "] end before they begin");
+  MAMBACV_CHECK(e.end - e.begin == nbytes, path << ": tensor '" << name << "': data_offsets [" << e.begin << ", "
+                                                << e.end << "] span " << (e.end - e.begin) << " bytes but "
+                                                << jd.get<std::string>() << shape_str(e.shape) << " needs " << nbytes);
+  return e;
+}
+
+}  // namespace
+
+WeightFile load_safetensors(const std::string& path) {
+  auto file = detail::MappedFile::open(path);
+  const uint8_t* base = file->data();
+  const uint64_t size = file->size();
+  MAMBACV_CHECK(size >= 8, path << ": not a safetensors file: " << size << " bytes, too short for the 8-byte header "
+                                << "length");
+  const uint64_t n = detail::read_le(base, 8);
+  MAMBACV_CHECK(n <= kMaxHeaderBytes, path << ": safetensors header length " << n << " exceeds the " << kMaxHeaderBytes
+                                           << "-byte limit (corrupt or not a safetensors file)");
+  MAMBACV_CHECK(n <= size - 8, path << ": safetensors header length " << n << " runs past the end of the file ("
+                                    << size << " bytes; truncated or not a safetensors file)");
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + n));
+  } catch (const std::exception& ex) {
+    MAMBACV_FAIL(path << ": safetensors header is not valid JSON: " << ex.what());
+  }
+  MAMBACV_CHECK(header.is_object(), path << ": safetensors header must be a JSON object, found " << header.type_name());
+
+  WeightFile wf;
+  wf.path = path;
+  std::vector<Entry> entries;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      const auto& m = it.value();
+      if (m.is_null()) continue;
+      MAMBACV_CHECK(m.is_object(), path << ": __metadata__ must be an object of strings, found " << m.type_name());
+      for (auto mi = m.begin(); mi != m.end(); ++mi) {
+        MAMBACV_CHECK(mi.value().is_string(), path << ": __metadata__ entry '" << mi.key() << "' must be a string, found "
+                                                   << mi.value().dump());
+        wf.metadata[mi.key()] = mi.value().get<std::string>();
+      }
+      continue;
+    }
+    entries.push_back(parse_entry(path, it.key(), it.value()));
+  }
+
+  // Contiguity: sorted by offsets, each tensor begins where the previous one ended, the last ends at the data end.
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  const uint64_t data_size = size - 8 - n;
+  uint64_t expect = 0;
+  for (const Entry& e : entries) {
+    MAMBACV_CHECK(e.begin == expect, path << ": tensor '" << e.name << "': data_offsets [" << e.begin << ", " << e.end
+                                          << "] should begin at " << expect << " ("
+                                          << (e.begin < expect ? "overlaps the previous tensor"
+                                                               : "leaves a gap after the previous tensor")
+                                          << "; tensors must be contiguous)");
+    MAMBACV_CHECK(e.end <= data_size, path << ": tensor '" << e.name << "': data_offsets [" << e.begin << ", " << e.end
+                                           << "] run past the end of the data section (" << data_size << " bytes)");
+    expect = e.end;
+  }
+  MAMBACV_CHECK(expect == data_size, path << ": the tensors cover " << expect << " bytes but the data section holds "
+                                          << data_size << " (trailing bytes: corrupt file)");
+
+  const uint8_t* data = base + 8 + n;
+  std::shared_ptr<void> keepalive = file;
+  for (const Entry& e : entries) {
+    const uint8_t* p = data + e.begin;
+    const size_t esize = dtype_size(e.dtype);
+    if (reinterpret_cast<uintptr_t>(p) % esize == 0) {
+      wf.tensors[e.name] = Tensor::view_of(const_cast<uint8_t*>(p), e.shape, e.dtype, keepalive);
+    } else {  // misaligned for its element type: copy into an aligned owned buffer
+      Tensor t = Tensor::empty(e.shape, e.dtype);
+      if (t.nbytes()) std::memcpy(t.raw(), p, t.nbytes());
+      wf.tensors[e.name] = std::move(t);
+    }
+  }
+  return wf;
+}
+
+void save_safetensors(const std::string& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  // Header: TensorMap iterates in name order, so data is laid out in name order too.
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) {
+    nlohmann::json m = nlohmann::json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
+    header["__metadata__"] = std::move(m);
+  }
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    MAMBACV_CHECK(name != "__metadata__", path << ": a tensor may not be named __metadata__");
+    MAMBACV_CHECK(t.defined(), path << ": tensor '" << name << "' is undefined");
+    MAMBACV_CHECK(t.device() == Device::Cpu, path << ": tensor '" << name << "' lives on " << device_name(t.device())
+                                                  << "; copy it to the CPU before saving");
+    nlohmann::json e;
+    e["dtype"] = safetensors_dtype_name(t.dtype());
+    e["shape"] = t.shape();
+    e["data_offsets"] = {offset, offset + t.nbytes()};
+    offset += t.nbytes();
+    header[name] = std::move(e);
+  }
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const std::exception& ex) {  // e.g. a name that is not valid UTF-8
+    MAMBACV_FAIL(path << ": cannot write the safetensors header: " << ex.what());
+  }
+  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+
+  // Write PATH.tmp, then rename over PATH: readers never see a half-written file.
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  MAMBACV_CHECK(f, path << ": cannot create " << tmp << ": " << std::strerror(errno));
+  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (auto it = tensors.begin(); ok && it != tensors.end(); ++it)
+    ok = it->second.nbytes() == 0 || std::fwrite(it->second.raw(), 1, it->second.nbytes(), f) == it->second.nbytes();
+  int err = ok ? 0 : errno;
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    std::remove(tmp.c_str());
+    MAMBACV_FAIL(path << ": cannot write safetensors file: " << std::strerror(err));
+  }
+}
+
+}  // namespace mambacv
