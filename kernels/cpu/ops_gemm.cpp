@@ -1,0 +1,63 @@
+// kernels/cpu/ops_gemm.cpp - fp32 GEMM and Linear on top of Eigen's blocked, OpenMP-parallel product kernel.
+// Row-major raw buffers are wrapped in Eigen::Map with an outer stride, so no copies are made; Eigen picks GEMV
+// for M == 1 or N == 1 and a coefficient-wise product for tiny shapes.
+// GCC 12 reports false -Wmaybe-uninitialized inside Eigen's AVX-512 packet code instantiated here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+
+#include "kernels/ops.h"
+#include "mambacv/error.h"
+
+namespace mambacv::ops {
+
+namespace {
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstMap = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+}  // namespace
+
+// C (M, N) = A (M, K) @ op(B) [+ bias (N)] [+ beta * C]; op(B) = B^T with B (N, K) when trans_b, else B (K, N).
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, bool trans_b,
+          float* C, int64_t ldc, const float* bias, float beta) {
+  MAMBACV_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=" << M << " N=" << N << " K=" << K);
+  if (M == 0 || N == 0) return;
+  MAMBACV_CHECK(lda >= K && ldc >= N && ldb >= (trans_b ? K : N),
+                "gemm: row strides too small: lda=" << lda << " (K=" << K << "), ldb=" << ldb << " (needs "
+                                                    << (trans_b ? K : N) << "), ldc=" << ldc << " (N=" << N << ")");
+  MAMBACV_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)), "gemm: null operand");
+
+  MutMap c(C, M, N, Eigen::OuterStride<>(ldc));
+  // Initialise C with bias / beta * C, then accumulate the product into it.
+  if (beta == 0.0f) {
+    if (bias) {
+      c.rowwise() = Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, N);
+    } else if (K > 0) {
+      const ConstMap a(A, M, K, Eigen::OuterStride<>(lda));
+      if (trans_b) {
+        c.noalias() = a * ConstMap(B, N, K, Eigen::OuterStride<>(ldb)).transpose();
+      } else {
+        c.noalias() = a * ConstMap(B, K, N, Eigen::OuterStride<>(ldb));
+      }
+      return;
+    } else {
+      c.setZero();
+    }
+  } else {
+    if (beta != 1.0f) c *= beta;
+    if (bias) c.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, N);
+  }
+  if (K == 0) return;
+  const ConstMap a(A, M, K, Eigen::OuterStride<>(lda));
+  if (trans_b) {
+    c.noalias() += a * ConstMap(B, N, K, Eigen::OuterStride<>(ldb)).transpose();
+  } else {
+    c.noalias() += a * ConstMap(B, K, N, Eigen::OuterStride<>(ldb));
+  }
+}
+
+// y (M, out) = x (M, in) @ W (out, in)^T + b (out)
+void linear(const float* x, int64_t M, int64_t in, const float* W, const float* b, int64_t out, float* y) {
+  gemm(M, out, in, x, in, W, in, /*trans_b=*/true, y, out, b, 0.0f);
+}
+
+}  // namespace mambacv::ops

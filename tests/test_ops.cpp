@@ -1,0 +1,502 @@
+// tests/test_ops.cpp - every fast op of kernels/ops.h against its plain reference (ops::ref or a definition
+// written out here), on shapes that hit SIMD remainders (C = 1, 3, 15, 16, 17, 33), odd and non-square images,
+// batch 1 and 3, every stride / padding / kernel combination the models use, M = 1 GEMMs and K % 16 != 0.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "mambacv/error.h"
+#include "mambacv/tensor.h"
+#include "test_util.h"
+
+using namespace mambacv;
+using mambacv::test::random_tensor;
+
+namespace {
+
+constexpr double kTol = 1e-5;  // relative L2
+
+double rel_l2(const float* a, const float* ref, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - ref[i];
+    num += d * d;
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  if (den == 0) return std::sqrt(num);
+  return std::sqrt(num / den);
+}
+double rel_l2(const Tensor& a, const Tensor& ref) {
+  EXPECT_EQ(a.numel(), ref.numel());
+  return rel_l2(a.f32(), ref.f32(), a.numel());
+}
+bool all_finite(const Tensor& t) {
+  const float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
+uint64_t g_seed = 1;
+Tensor rnd(const Shape& s, float lo = -1.0f, float hi = 1.0f) { return random_tensor(s, g_seed++, lo, hi); }
+
+}  // namespace
+
+// ---- GEMM ------------------------------------------------------------------------------------------------------
+struct GemmCase {
+  int64_t M, N, K;
+};
+
+TEST(Ops, GemmMatchesReference) {
+  const GemmCase cases[] = {{1, 1, 1},    {1, 17, 33},  {1, 1000, 192}, {3, 5, 7},     {16, 16, 16},
+                            {17, 33, 15}, {64, 96, 48}, {197, 384, 192}, {130, 65, 100}, {2, 300, 1},
+                            {300, 2, 45}, {33, 1, 17},  {256, 200, 257}};
+  for (const GemmCase& gc : cases)
+    for (bool trans_b : {true, false})
+      for (bool with_bias : {false, true})
+        for (float beta : {0.0f, 1.0f})
+          for (int64_t pad : {0, 3}) {  // pad > 0: row strides larger than the row
+            const int64_t M = gc.M, N = gc.N, K = gc.K;
+            const int64_t lda = K + pad, ldb = (trans_b ? K : N) + pad, ldc = N + pad;
+            Tensor A = rnd({M, lda});
+            Tensor B = rnd({trans_b ? N : K, ldb});
+            Tensor bias = rnd({N});
+            Tensor C0 = rnd({M, ldc});
+            Tensor C = C0.clone(), Cr = C0.clone();
+            if (beta == 0.0f) C.fill(NAN);  // beta == 0 must overwrite, never read, C
+            ops::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, C.f32(), ldc, with_bias ? bias.f32() : nullptr,
+                      beta);
+            ops::ref::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, Cr.f32(), ldc,
+                           with_bias ? bias.f32() : nullptr, beta);
+            // compare the M x N window; the padding columns must be untouched
+            std::vector<float> a, r;
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < ldc; ++n) {
+                if (n < N) {
+                  a.push_back(C.f32()[m * ldc + n]);
+                  r.push_back(Cr.f32()[m * ldc + n]);
+                } else if (beta != 0.0f) {
+                  EXPECT_EQ(C.f32()[m * ldc + n], C0.f32()[m * ldc + n]);
+                }
+              }
+            EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
+                << "M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b << " bias=" << with_bias
+                << " beta=" << beta << " pad=" << pad;
+          }
+}
+
+TEST(Ops, GemmHandCase) {
+  // [1 2; 3 4] @ [5 6; 7 8] + [1, -1] = [20 21; 44 49]
+  const float A[] = {1, 2, 3, 4}, B[] = {5, 6, 7, 8}, bias[] = {1, -1};
+  float C[4];
+  ops::gemm(2, 2, 2, A, 2, B, 2, false, C, 2, bias);
+  EXPECT_FLOAT_EQ(C[0], 20);
+  EXPECT_FLOAT_EQ(C[1], 21);
+  EXPECT_FLOAT_EQ(C[2], 44);
+  EXPECT_FLOAT_EQ(C[3], 49);
+  // trans_b: B^T = [5 7; 6 8]
+  ops::gemm(2, 2, 2, A, 2, B, 2, true, C, 2);
+  EXPECT_FLOAT_EQ(C[0], 17);
+  EXPECT_FLOAT_EQ(C[1], 23);
+  EXPECT_FLOAT_EQ(C[2], 39);
+  EXPECT_FLOAT_EQ(C[3], 53);
+}
+
+TEST(Ops, GemmZeroK) {
+  float C[6] = {1, 2, 3, 4, 5, 6};
+  const float bias[3] = {7, 8, 9};
+  ops::gemm(2, 3, 0, nullptr, 0, nullptr, 0, true, C, 3, bias, 1.0f);
+  EXPECT_FLOAT_EQ(C[0], 8);
+  EXPECT_FLOAT_EQ(C[5], 15);
+  ops::gemm(2, 3, 0, nullptr, 0, nullptr, 0, true, C, 3, nullptr, 0.0f);
+  for (float v : C) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(Ops, LinearMatchesReference) {
+  for (int64_t M : {1, 3, 197})
+    for (int64_t in : {1, 15, 192})
+      for (int64_t out : {1, 17, 384})
+        for (bool with_bias : {false, true}) {
+          Tensor x = rnd({M, in}), W = rnd({out, in}), b = rnd({out});
+          Tensor y = Tensor::empty({M, out}), yr = Tensor::empty({M, out});
+          ops::linear(x.f32(), M, in, W.f32(), with_bias ? b.f32() : nullptr, out, y.f32());
+          ops::ref::gemm(M, out, in, x.f32(), in, W.f32(), in, true, yr.f32(), out, with_bias ? b.f32() : nullptr);
+          EXPECT_LE(rel_l2(y, yr), kTol) << M << "x" << in << "->" << out;
+        }
+}
+
+TEST(Ops, GemmRejectsBadStrides) {
+  float A[4] = {}, B[4] = {}, C[4] = {};
+  EXPECT_THROW(ops::gemm(2, 2, 2, A, 1, B, 2, true, C, 2), Error);
+  EXPECT_THROW(ops::gemm(-1, 2, 2, A, 2, B, 2, true, C, 2), Error);
+}
+
+// ---- conv2d ----------------------------------------------------------------------------------------------------
+struct ConvCase {
+  int64_t B, H, W, Cin, Cout;
+  int k, s, p;
+};
+
+TEST(Ops, Conv2dMatchesReference) {
+  std::vector<ConvCase> cases = {
+      {1, 7, 9, 3, 16, 3, 1, 1},    {3, 7, 5, 16, 17, 3, 2, 1},  {1, 9, 9, 1, 15, 3, 2, 0},
+      {1, 16, 32, 3, 33, 16, 16, 0}, {3, 32, 16, 3, 8, 16, 16, 0}, {1, 8, 12, 17, 16, 4, 4, 0},
+      {3, 9, 7, 15, 33, 2, 2, 0},   {1, 11, 13, 33, 3, 1, 1, 0},  {3, 5, 6, 16, 16, 1, 1, 0},
+      {1, 9, 11, 17, 15, 1, 2, 0},  {1, 13, 10, 3, 48, 3, 2, 1},  {1, 6, 6, 16, 1, 3, 1, 1},
+      {3, 12, 8, 3, 17, 4, 4, 0},   {1, 10, 7, 3, 16, 2, 1, 1},  {1, 5, 5, 33, 17, 3, 1, 0},
+  };
+  for (const ConvCase& c : cases) {
+    const int64_t Ho = ops::conv_out_size(c.H, c.k, c.s, c.p), Wo = ops::conv_out_size(c.W, c.k, c.s, c.p);
+    Tensor x = rnd({c.B, c.H, c.W, c.Cin}), w = rnd({c.Cout, c.Cin, c.k, c.k}), b = rnd({c.Cout});
+    for (bool with_bias : {false, true}) {
+      Tensor y = Tensor::empty({c.B, Ho, Wo, c.Cout}), yr = Tensor::empty({c.B, Ho, Wo, c.Cout});
+      y.fill(NAN);
+      const float* bp = with_bias ? b.f32() : nullptr;
+      ops::conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.Cin, w.f32(), bp, c.Cout, c.k, c.k, c.s, c.s, c.p, c.p, y.f32());
+      ops::ref::conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.Cin, w.f32(), bp, c.Cout, c.k, c.k, c.s, c.s, c.p, c.p,
+                            yr.f32());
+      EXPECT_TRUE(all_finite(y));
+      EXPECT_LE(rel_l2(y, yr), kTol) << "B=" << c.B << " H=" << c.H << " W=" << c.W << " Cin=" << c.Cin
+                                     << " Cout=" << c.Cout << " k=" << c.k << " s=" << c.s << " p=" << c.p;
+    }
+  }
+}
+
+TEST(Ops, Conv2dAsymmetricKernelStridePadding) {
+  const int64_t B = 3, H = 9, W = 8, Cin = 5, Cout = 7;
+  const int kh = 3, kw = 2, sh = 2, sw = 1, ph = 1, pw = 0;
+  const int64_t Ho = ops::conv_out_size(H, kh, sh, ph), Wo = ops::conv_out_size(W, kw, sw, pw);
+  Tensor x = rnd({B, H, W, Cin}), w = rnd({Cout, Cin, kh, kw}), b = rnd({Cout});
+  Tensor y = Tensor::empty({B, Ho, Wo, Cout}), yr = Tensor::empty({B, Ho, Wo, Cout});
+  ops::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, kh, kw, sh, sw, ph, pw, y.f32());
+  ops::ref::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, kh, kw, sh, sw, ph, pw, yr.f32());
+  EXPECT_LE(rel_l2(y, yr), kTol);
+}
+
+TEST(Ops, Conv2dLargeImageChunked) {
+  // big enough that the im2col buffer is processed in several chunks
+  const int64_t B = 1, H = 120, W = 100, Cin = 48, Cout = 16;
+  const int64_t Ho = ops::conv_out_size(H, 3, 1, 1), Wo = ops::conv_out_size(W, 3, 1, 1);
+  Tensor x = rnd({B, H, W, Cin}), w = rnd({Cout, Cin, 3, 3}), b = rnd({Cout});
+  Tensor y = Tensor::empty({B, Ho, Wo, Cout}), yr = Tensor::empty({B, Ho, Wo, Cout});
+  ops::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, 3, 3, 1, 1, 1, 1, y.f32());
+  ops::ref::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, 3, 3, 1, 1, 1, 1, yr.f32());
+  EXPECT_LE(rel_l2(y, yr), kTol);
+}
+
+TEST(Ops, Conv2dRejectsBadArguments) {
+  float x[16] = {}, w[16] = {}, y[16] = {};
+  EXPECT_THROW(ops::conv2d_nhwc(x, 1, 2, 2, 1, w, nullptr, 1, 3, 3, 1, 1, 0, 0, y), Error);  // kernel > input
+  EXPECT_THROW(ops::conv2d_nhwc(x, 1, 4, 4, 1, w, nullptr, 1, 3, 3, 0, 1, 0, 0, y), Error);  // stride 0
+}
+
+// ---- depthwise conv2d ------------------------------------------------------------------------------------------
+TEST(Ops, DepthwiseConv2dMatchesReference) {
+  struct Case {
+    int64_t B, H, W, C;
+    int k, p;
+  };
+  const Case cases[] = {{1, 7, 9, 1, 3, 1},   {3, 5, 7, 3, 3, 1},  {1, 8, 6, 15, 3, 1}, {3, 9, 11, 16, 3, 1},
+                        {1, 6, 13, 17, 3, 0}, {1, 7, 7, 33, 7, 3}, {3, 10, 5, 16, 1, 0}, {1, 4, 9, 17, 4, 1},
+                        {1, 12, 11, 33, 5, 2}, {1, 3, 3, 16, 3, 2}};
+  for (const Case& c : cases)
+    for (bool with_bias : {false, true}) {
+      const int64_t Ho = ops::conv_out_size(c.H, c.k, 1, c.p), Wo = ops::conv_out_size(c.W, c.k, 1, c.p);
+      Tensor x = rnd({c.B, c.H, c.W, c.C}), w = rnd({c.C, 1, c.k, c.k}), b = rnd({c.C});
+      Tensor y = Tensor::empty({c.B, Ho, Wo, c.C}), yr = Tensor::empty({c.B, Ho, Wo, c.C});
+      y.fill(NAN);
+      const float* bp = with_bias ? b.f32() : nullptr;
+      ops::depthwise_conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.C, w.f32(), bp, c.k, c.k, c.p, c.p, y.f32());
+      ops::ref::depthwise_conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.C, w.f32(), bp, c.k, c.k, c.p, c.p, yr.f32());
+      EXPECT_TRUE(all_finite(y));
+      EXPECT_LE(rel_l2(y, yr), kTol) << "B=" << c.B << " H=" << c.H << " W=" << c.W << " C=" << c.C
+                                     << " k=" << c.k << " p=" << c.p;
+    }
+}
+
+TEST(Ops, DepthwiseConv2dAsymmetric) {
+  const int64_t B = 1, H = 8, W = 11, C = 17;
+  const int kh = 3, kw = 5, ph = 1, pw = 2;
+  Tensor x = rnd({B, H, W, C}), w = rnd({C, 1, kh, kw}), b = rnd({C});
+  const int64_t Ho = ops::conv_out_size(H, kh, 1, ph), Wo = ops::conv_out_size(W, kw, 1, pw);
+  Tensor y = Tensor::empty({B, Ho, Wo, C}), yr = Tensor::empty({B, Ho, Wo, C});
+  ops::depthwise_conv2d_nhwc(x.f32(), B, H, W, C, w.f32(), b.f32(), kh, kw, ph, pw, y.f32());
+  ops::ref::depthwise_conv2d_nhwc(x.f32(), B, H, W, C, w.f32(), b.f32(), kh, kw, ph, pw, yr.f32());
+  EXPECT_LE(rel_l2(y, yr), kTol);
+}
+
+// ---- conv1d over tokens ----------------------------------------------------------------------------------------
+TEST(Ops, Conv1dTokensMatchesReference) {
+  for (int64_t B : {1, 3})
+    for (int64_t L : {1, 2, 5, 197})
+      for (int64_t C : {1, 3, 15, 16, 17, 33})
+        for (int K : {1, 2, 4})
+          for (bool reverse : {false, true})
+            for (bool silu : {false, true})
+              for (bool with_bias : {false, true}) {
+                Tensor x = rnd({B, L, C}, -3, 3), w = rnd({C, 1, K}), b = rnd({C});
+                Tensor y = Tensor::empty({B, L, C}), yr = Tensor::empty({B, L, C});
+                const float* bp = with_bias ? b.f32() : nullptr;
+                ops::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), bp, K, reverse, silu, y.f32());
+                ops::ref::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), bp, K, reverse, silu, yr.f32());
+                EXPECT_LE(rel_l2(y, yr), kTol) << "B=" << B << " L=" << L << " C=" << C << " K=" << K
+                                               << " reverse=" << reverse << " silu=" << silu;
+              }
+}
+
+TEST(Ops, Conv1dAntiCausalIsReversedCausal) {
+  // anti-causal conv of x == reverse_L(causal conv of reverse_L(x))
+  const int64_t B = 3, L = 37, C = 17;
+  const int K = 4;
+  Tensor x = rnd({B, L, C}), w = rnd({C, 1, K}), b = rnd({C});
+  auto reverse_tokens = [&](const Tensor& t) {
+    Tensor r = Tensor::empty({B, L, C});
+    for (int64_t bi = 0; bi < B; ++bi)
+      for (int64_t l = 0; l < L; ++l)
+        std::copy(t.f32() + (bi * L + l) * C, t.f32() + (bi * L + l + 1) * C, r.f32() + (bi * L + (L - 1 - l)) * C);
+    return r;
+  };
+  for (bool silu : {false, true}) {
+    Tensor anti = Tensor::empty({B, L, C});
+    ops::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), b.f32(), K, /*reverse=*/true, silu, anti.f32());
+    Tensor xr = reverse_tokens(x);
+    Tensor causal = Tensor::empty({B, L, C});
+    ops::conv1d_depthwise_tokens(xr.f32(), B, L, C, w.f32(), b.f32(), K, /*reverse=*/false, silu, causal.f32());
+    Tensor back = reverse_tokens(causal);
+    for (int64_t i = 0; i < anti.numel(); ++i) EXPECT_EQ(anti.f32()[i], back.f32()[i]) << i;
+  }
+}
+
+TEST(Ops, Conv1dCausalHandCase) {
+  // C = 1, K = 3, w = [1, 2, 3], x = [1, 10, 100, 1000]:
+  //   causal y[t] = 1 x[t-2] + 2 x[t-1] + 3 x[t]; anti-causal y[t] = 3 x[t] + 2 x[t+1] + 1 x[t+2]
+  const float x[] = {1, 10, 100, 1000}, w[] = {1, 2, 3};
+  float y[4];
+  ops::conv1d_depthwise_tokens(x, 1, 4, 1, w, nullptr, 3, false, false, y);
+  EXPECT_FLOAT_EQ(y[0], 3);
+  EXPECT_FLOAT_EQ(y[1], 32);
+  EXPECT_FLOAT_EQ(y[2], 321);
+  EXPECT_FLOAT_EQ(y[3], 3210);
+  ops::conv1d_depthwise_tokens(x, 1, 4, 1, w, nullptr, 3, true, false, y);
+  EXPECT_FLOAT_EQ(y[0], 123);
+  EXPECT_FLOAT_EQ(y[1], 1230);
+  EXPECT_FLOAT_EQ(y[2], 2300);
+  EXPECT_FLOAT_EQ(y[3], 3000);
+}
+
+// ---- norms -----------------------------------------------------------------------------------------------------
+TEST(Ops, LayerNormMatchesDefinition) {
+  for (int64_t rows : {1, 3, 197})
+    for (int64_t C : {1, 3, 15, 16, 17, 33, 192, 768})
+      for (bool with_beta : {false, true})
+        for (float offset : {0.0f, 100.0f}) {  // a large mean must not cancel the variance
+          Tensor x = rnd({rows, C}, offset - 2, offset + 2), g = rnd({C}, 0.5f, 1.5f), b = rnd({C});
+          Tensor y = Tensor::empty({rows, C}), yr = Tensor::empty({rows, C});
+          const float* bp = with_beta ? b.f32() : nullptr;
+          ops::layer_norm(x.f32(), rows, C, g.f32(), bp, 1e-6f, y.f32());
+          ops::ref::layer_norm(x.f32(), rows, C, g.f32(), bp, 1e-6f, yr.f32());
+          // the definition written out again here, in double
+          std::vector<float> def(static_cast<size_t>(rows * C));
+          for (int64_t r = 0; r < rows; ++r) {
+            double m = 0, v = 0;
+            for (int64_t c = 0; c < C; ++c) m += x.f32()[r * C + c];
+            m /= C;
+            for (int64_t c = 0; c < C; ++c) v += std::pow(x.f32()[r * C + c] - m, 2);
+            v /= C;  // biased, like torch
+            for (int64_t c = 0; c < C; ++c)
+              def[r * C + c] = static_cast<float>((x.f32()[r * C + c] - m) / std::sqrt(v + 1e-6) * g.f32()[c] +
+                                                  (with_beta ? b.f32()[c] : 0.0));
+          }
+          // C == 1 normalises to exactly 0 (+ beta); rel_l2 then falls back to the absolute error
+          EXPECT_LE(rel_l2(yr.f32(), def.data(), rows * C), 1e-6);
+          EXPECT_LE(rel_l2(y, yr), C == 1 ? 1e-3 : kTol)
+              << "rows=" << rows << " C=" << C << " beta=" << with_beta << " offset=" << offset;
+        }
+}
+
+TEST(Ops, LayerNormInPlace) {
+  const int64_t rows = 5, C = 33;
+  Tensor x = rnd({rows, C}), g = rnd({C}), b = rnd({C});
+  Tensor y = Tensor::empty({rows, C});
+  ops::layer_norm(x.f32(), rows, C, g.f32(), b.f32(), 1e-5f, y.f32());
+  ops::layer_norm(x.f32(), rows, C, g.f32(), b.f32(), 1e-5f, x.f32());
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x.f32()[i], y.f32()[i]);
+}
+
+TEST(Ops, RmsNormMatchesDefinition) {
+  for (int64_t rows : {1, 3, 197})
+    for (int64_t C : {1, 3, 15, 16, 17, 33, 192, 384}) {
+      Tensor x = rnd({rows, C}, -3, 3), g = rnd({C}, 0.5f, 1.5f);
+      Tensor y = Tensor::empty({rows, C}), yr = Tensor::empty({rows, C});
+      ops::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, y.f32());
+      ops::ref::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, yr.f32());
+      std::vector<float> def(static_cast<size_t>(rows * C));
+      for (int64_t r = 0; r < rows; ++r) {
+        double ms = 0;
+        for (int64_t c = 0; c < C; ++c) ms += std::pow(static_cast<double>(x.f32()[r * C + c]), 2);
+        ms /= C;
+        for (int64_t c = 0; c < C; ++c)
+          def[r * C + c] = static_cast<float>(x.f32()[r * C + c] / std::sqrt(ms + 1e-5) * g.f32()[c]);
+      }
+      EXPECT_LE(rel_l2(yr.f32(), def.data(), rows * C), 1e-6);
+      EXPECT_LE(rel_l2(y, yr), kTol) << "rows=" << rows << " C=" << C;
+      // in place
+      ops::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, x.f32());
+      for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x.f32()[i], y.f32()[i]);
+    }
+}
+
+// ---- elementwise -----------------------------------------------------------------------------------------------
+TEST(Ops, ActivationsMatchFormulas) {
+  for (int64_t n : {1, 15, 16, 17, 33, 1000, 200003}) {
+    Tensor x = rnd({n}, -12, 12);
+    Tensor s = x.clone(), g = x.clone(), r = x.clone();
+    ops::silu_inplace(s.f32(), n);
+    ops::gelu_inplace(g.f32(), n);
+    ops::relu_inplace(r.f32(), n);
+    std::vector<float> se(n), ge(n), re(n);
+    for (int64_t i = 0; i < n; ++i) {
+      // the formulas in float, as PyTorch evaluates them (1 + erf cancels to 0 far in the negative tail)
+      const float v = x.f32()[i];
+      se[i] = v / (1.0f + std::exp(-v));
+      ge[i] = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+      re[i] = static_cast<float>(v > 0 ? v : 0);
+    }
+    EXPECT_LE(rel_l2(s.f32(), se.data(), n), kTol) << n;
+    EXPECT_LE(rel_l2(g.f32(), ge.data(), n), kTol) << n;
+    EXPECT_EQ(rel_l2(r.f32(), re.data(), n), 0.0) << n;
+  }
+}
+
+TEST(Ops, ActivationsPointwiseAccuracy) {
+  // element by element over a fine grid, including the tails: relative error 1e-5 or absolute 1e-6
+  std::vector<float> xs;
+  for (float v = -30.0f; v <= 30.0f; v += 0.01f) xs.push_back(v);
+  for (float v : {-100.0f, -88.0f, 88.0f, 100.0f, 0.0f, -0.0f, 1e-30f, -1e-30f}) xs.push_back(v);
+  std::vector<float> s = xs, g = xs;
+  ops::silu_inplace(s.data(), static_cast<int64_t>(s.size()));
+  ops::gelu_inplace(g.data(), static_cast<int64_t>(g.size()));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double v = xs[i];
+    const double se = v / (1 + std::exp(-v));
+    const double ge = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+    EXPECT_NEAR(s[i], se, std::max(1e-6, 1e-5 * std::fabs(se))) << "silu(" << v << ")";
+    EXPECT_NEAR(g[i], ge, std::max(1e-6, 1e-5 * std::fabs(ge))) << "gelu(" << v << ")";
+  }
+  // exact values: gelu(0) = 0, gelu(1) = 0.841344746..., gelu(-1) = -0.158655253...
+  float v[3] = {0.0f, 1.0f, -1.0f};
+  ops::gelu_inplace(v, 3);
+  EXPECT_EQ(v[0], 0.0f);
+  EXPECT_NEAR(v[1], 0.8413447460685429, 2e-7);
+  EXPECT_NEAR(v[2], -0.15865525393145707, 2e-7);
+}
+
+TEST(Ops, AddMul) {
+  for (int64_t n : {1, 17, 100003}) {
+    Tensor a = rnd({n}), b = rnd({n});
+    Tensor s = a.clone(), p = a.clone();
+    ops::add_inplace(s.f32(), b.f32(), n);
+    ops::mul_inplace(p.f32(), b.f32(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(s.f32()[i], a.f32()[i] + b.f32()[i]);
+      EXPECT_EQ(p.f32()[i], a.f32()[i] * b.f32()[i]);
+    }
+  }
+}
+
+// ---- layout ----------------------------------------------------------------------------------------------------
+TEST(Ops, LayoutTransposes) {
+  for (int64_t B : {1, 3})
+    for (int64_t C : {1, 3, 17, 33, 96})
+      for (int64_t HW : {1, 15, 49, 3136}) {
+        Tensor x = rnd({B, C, HW});
+        Tensor y = Tensor::empty({B, HW, C}), back = Tensor::empty({B, C, HW});
+        ops::nchw_to_nhwc(x.f32(), B, C, HW, y.f32());
+        bool ok = true;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t s = 0; s < HW; ++s) ok &= y.f32()[(b * HW + s) * C + c] == x.f32()[(b * C + c) * HW + s];
+        EXPECT_TRUE(ok) << B << " " << C << " " << HW;
+        ops::nhwc_to_nchw(y.f32(), B, HW, C, back.f32());
+        for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(back.f32()[i], x.f32()[i]);
+      }
+}
+
+// ---- bicubic resize --------------------------------------------------------------------------------------------
+TEST(Ops, BicubicIdentityWhenSizesEqual) {
+  Tensor x = rnd({7, 5, 3});
+  Tensor y = Tensor::empty({7, 5, 3});
+  ops::resize_bicubic_hwc(x.f32(), 7, 5, 3, 7, 5, y.f32());
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(y.f32()[i], x.f32()[i]);
+}
+
+TEST(Ops, BicubicConstantStaysConstant) {
+  Tensor x = Tensor::empty({6, 9, 17});
+  x.fill(2.5f);
+  Tensor y = Tensor::empty({13, 4, 17});
+  ops::resize_bicubic_hwc(x.f32(), 6, 9, 17, 13, 4, y.f32());
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(y.f32()[i], 2.5f, 1e-5f);
+}
+
+TEST(Ops, BicubicMatchesTorch) {
+  // x(h, w) = h * 4 + w + (h * w) ^ 2 / 10 on a 3 x 4 grid, one channel, resized to 5 x 3. Expected values are
+  // torch.nn.functional.interpolate(x[None, None], size=(5, 3), mode="bicubic", align_corners=False) outputs
+  // (torch 1.13, float32).
+  const int64_t Hi = 3, Wi = 4, Ho = 5, Wo = 3;
+  std::vector<float> x(Hi * Wi);
+  for (int64_t h = 0; h < Hi; ++h)
+    for (int64_t w = 0; w < Wi; ++w) x[h * Wi + w] = static_cast<float>(h * 4 + w + (h * w) * (h * w) / 10.0);
+  const float expected[5][3] = {
+      {-0.258720309f, 1.09560049f, 2.40983224f},
+      {1.3917321f, 2.80055213f, 4.28119898f},
+      {4.13530207f, 5.71250057f, 7.70729446f},
+      {6.88874817f, 8.8539505f, 12.0335159f},
+      {8.5493679f, 10.7952013f, 14.8316774f},
+  };
+  std::vector<float> y(Ho * Wo);
+  ops::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, y.data());
+  for (int64_t h = 0; h < Ho; ++h)
+    for (int64_t w = 0; w < Wo; ++w) EXPECT_NEAR(y[h * Wo + w], expected[h][w], 1e-5f) << h << "," << w;
+}
+
+TEST(Ops, BicubicMultiChannelMatchesTorch) {
+  // channel c of a 2 x 3 grid holds (c + 1) * (h * 3 + w) with c in {0, 1}; upsampled to 4 x 7. Expected values:
+  // torch.nn.functional.interpolate(bicubic, align_corners=False), channel 0, float32; channel 1 is twice it.
+  const int64_t Hi = 2, Wi = 3, C = 2, Ho = 4, Wo = 7;
+  std::vector<float> x(Hi * Wi * C);
+  for (int64_t h = 0; h < Hi; ++h)
+    for (int64_t w = 0; w < Wi; ++w)
+      for (int64_t c = 0; c < C; ++c) x[(h * Wi + w) * C + c] = static_cast<float>((c + 1) * (h * 3 + w));
+  const float expected[4][7] = {
+      {-0.425735503f, -0.20853357f, 0.158812732f, 0.68359375f, 1.20837462f, 1.57572138f, 1.79292345f},
+      {0.570358336f, 0.787560701f, 1.15490615f, 1.6796875f, 2.20446825f, 2.57181525f, 2.78901744f},
+      {2.21098351f, 2.42818666f, 2.79553103f, 3.3203125f, 3.84509277f, 4.21244097f, 4.42964268f},
+      {3.2070775f, 3.42428088f, 3.79162431f, 4.31640625f, 4.84118652f, 5.20853519f, 5.42573595f},
+  };
+  std::vector<float> y(Ho * Wo * C);
+  ops::resize_bicubic_hwc(x.data(), Hi, Wi, C, Ho, Wo, y.data());
+  for (int64_t h = 0; h < Ho; ++h)
+    for (int64_t w = 0; w < Wo; ++w) {
+      EXPECT_NEAR(y[(h * Wo + w) * C + 0], expected[h][w], 1e-5f) << h << "," << w;
+      EXPECT_NEAR(y[(h * Wo + w) * C + 1], 2 * expected[h][w], 2e-5f) << h << "," << w;
+    }
+}
+
+// ---- threads ---------------------------------------------------------------------------------------------------
+TEST(Ops, NumThreads) {
+  const int def = ops::num_threads();
+  EXPECT_GE(def, 1);
+  ops::set_num_threads(1);
+  EXPECT_EQ(ops::num_threads(), 1);
+  // results do not depend on the thread count
+  Tensor A = rnd({300, 200}), B = rnd({100, 200});
+  Tensor C1 = Tensor::empty({300, 100}), C2 = Tensor::empty({300, 100});
+  ops::gemm(300, 100, 200, A.f32(), 200, B.f32(), 200, true, C1.f32(), 100);
+  ops::set_num_threads(0);
+  EXPECT_EQ(ops::num_threads(), def);
+  ops::gemm(300, 100, 200, A.f32(), 200, B.f32(), 200, true, C2.f32(), 100);
+  EXPECT_LE(rel_l2(C1, C2), 1e-6);
+}
