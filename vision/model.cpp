@@ -24,6 +24,11 @@ TensorMap to_host_f32(const TensorMap& w) {
   return out;
 }
 
+// Applies --threads to the calling thread's parallel regions (OpenMP's thread count is per calling thread).
+void apply_threads(const Options& opt) {
+  if (opt.threads > 0) ops::set_num_threads(opt.threads);
+}
+
 void check_input(const Tensor& x, const detail::Network& net) {
   MAMBACV_CHECK(x.defined() && x.ndim() == 4 && x.dim(1) == 3,
                 "input: expected a (B, 3, H, W) image tensor, got " << (x.defined() ? x.str() : "an empty tensor"));
@@ -103,6 +108,7 @@ int Model::num_classes() const { return net_->num_classes(); }
 
 Tensor Model::classify(const Tensor& x) const {
   check_input(x, *net_);
+  apply_threads(opt_);
   MAMBACV_CHECK(net_->num_classes() > 0, "classify: model '" << net_->arch() << "' has no classifier head");
   auto out = net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"logits"}});
   return out.at("logits");
@@ -110,11 +116,13 @@ Tensor Model::classify(const Tensor& x) const {
 
 std::map<std::string, Tensor> Model::features(const Tensor& x) const {
   check_input(x, *net_);
+  apply_threads(opt_);
   return net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"api_features"}});
 }
 
 std::map<std::string, Tensor> Model::forward_all(const Tensor& x) const {
   check_input(x, *net_);
+  apply_threads(opt_);
   return net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"*"}});
 }
 
