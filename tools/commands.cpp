@@ -5,6 +5,8 @@ namespace mambacv::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
       {"verify", cmd_verify},
+      {"bench", cmd_bench},
+      {"info", cmd_info},
   };
   return all;
 }

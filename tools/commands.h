@@ -14,5 +14,10 @@ struct Command {
 const std::vector<Command>& commands();
 
 int cmd_verify(const std::vector<std::string>& args);
+int cmd_bench(const std::vector<std::string>& args);
+int cmd_info(const std::vector<std::string>& args);
+
+// Shared helpers of the commands.
+double measure_gemm_gflops(int threads);
 
 }  // namespace mambacv::cli

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <random>
 
+#include "kernels/flops.h"
 #include "kernels/ops.h"
 #include "mambacv/mambacv.h"
 #include "vision/network.h"
@@ -124,6 +125,16 @@ std::map<std::string, Tensor> Model::forward_all(const Tensor& x) const {
   check_input(x, *net_);
   apply_threads(opt_);
   return net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"*"}});
+}
+
+double Model::flops_per_image(int height, int width) const {
+  Tensor x = Tensor::zeros({1, 3, height, width});
+  check_input(x, *net_);
+  apply_threads(opt_);
+  ops::FlopCounter counter;
+  net_->forward(x, detail::make_policy(opt_),
+                detail::Wanted{{net_->num_classes() > 0 ? "logits" : "api_features"}});
+  return counter.flops();
 }
 
 int64_t Model::num_parameters() const {

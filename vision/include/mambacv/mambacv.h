@@ -73,6 +73,9 @@ class Model {
   // stage.i, patch_embed, first mixer output), in the upstream module's own layout. Used by `mambacv verify`.
   std::map<std::string, Tensor> forward_all(const Tensor& x) const;
 
+  // Real arithmetic of one image at height x width (2 FLOPs per multiply-add), measured by running the model once.
+  double flops_per_image(int height, int width) const;
+
   // Parameters (count) and the expected weight names/shapes.
   int64_t num_parameters() const;
   std::vector<ParamSpec> parameter_specs() const;
