@@ -1,0 +1,155 @@
+// vision/image_io.cpp - image decoding / encoding through OpenCV imgcodecs, and cv::resize for the detection
+// pipeline. The only file of the library's vision layer that includes OpenCV.
+//
+// Decoding follows PIL's Image.open(path).convert("RGB"), which is what the upstream eval loaders do:
+// cv::imread with IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION gives 8-bit BGR with EXIF orientation ignored,
+// 16-bit samples reduced to their high byte, gray replicated and alpha dropped without blending.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "mambacv/image.h"
+#include "vision/resample.h"
+
+namespace mambacv {
+
+namespace {
+
+constexpr int kDecodeFlags = cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION;
+constexpr const char* kFormats = "PNG, JPEG, BMP, TIFF, WebP, PPM/PGM, ...";
+
+// Decoded OpenCV matrix (normally CV_8UC3 BGR) -> packed RGB Image.
+Image mat_to_image(cv::Mat m, const std::string& name) {
+  // keep the high byte (floor(v / 256)) like PIL; imread already does this for IMREAD_COLOR
+  if (m.depth() == CV_16U) m.convertTo(m, CV_8U, 1.0 / 256.0, -127.5 / 256.0);
+  MAMBACV_CHECK(m.depth() == CV_8U, "image '" << name
+                                              << "': decoded to an unsupported sample type (OpenCV type "
+                                              << m.type() << "), expected 8 or 16 bit");
+  if (m.channels() == 1) cv::cvtColor(m, m, cv::COLOR_GRAY2BGR);
+  if (m.channels() == 4) cv::cvtColor(m, m, cv::COLOR_BGRA2BGR);
+  MAMBACV_CHECK(m.channels() == 3,
+                "image '" << name << "': decoded to " << m.channels() << " channels, expected 3");
+  Image img;
+  img.width = m.cols;
+  img.height = m.rows;
+  img.rgb.resize(static_cast<size_t>(m.cols) * m.rows * 3);
+  for (int y = 0; y < m.rows; ++y) {
+    const uint8_t* s = m.ptr<uint8_t>(y);
+    uint8_t* d = img.pixel(0, y);
+    for (int x = 0; x < m.cols; ++x) {
+      d[3 * x + 0] = s[3 * x + 2];
+      d[3 * x + 1] = s[3 * x + 1];
+      d[3 * x + 2] = s[3 * x + 0];
+    }
+  }
+  return img;
+}
+
+std::string first_line(const char* s) {
+  std::string t(s ? s : "");
+  size_t nl = t.find('\n');
+  return nl == std::string::npos ? t : t.substr(0, nl);
+}
+
+}  // namespace
+
+Image load_image(const std::string& path) {
+  MAMBACV_CHECK(!path.empty(), "load_image: empty path");
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    MAMBACV_CHECK(err != ENOENT && err != ENOTDIR, "image file '" << path << "' does not exist");
+    MAMBACV_FAIL("image file '" << path << "' cannot be accessed: " << std::strerror(err));
+  }
+  MAMBACV_CHECK(!S_ISDIR(st.st_mode), "image file '" << path << "' is a directory, not an image");
+  MAMBACV_CHECK(S_ISREG(st.st_mode), "image file '" << path << "' is not a regular file");
+  {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {
+      const int err = errno;
+      MAMBACV_FAIL("image file '" << path << "' cannot be read: " << std::strerror(err));
+    }
+    std::fclose(f);
+  }
+  MAMBACV_CHECK(st.st_size > 0, "image file '" << path << "' is empty (0 bytes)");
+  cv::Mat m;
+  try {
+    MAMBACV_CHECK(
+        cv::haveImageReader(path),
+        "image file '" << path << "' is not a recognised image format (supported: " << kFormats << ")");
+    m = cv::imread(path, kDecodeFlags);
+  } catch (const cv::Exception& e) {
+    MAMBACV_FAIL("image file '" << path << "' could not be decoded: " << first_line(e.err.c_str()));
+  }
+  MAMBACV_CHECK(!m.empty(), "image file '" << path
+                                           << "' could not be decoded (corrupt or truncated, or an "
+                                              "unsupported variant of its format)");
+  return mat_to_image(m, path);
+}
+
+Image decode_image(const void* data, size_t size, const std::string& name) {
+  MAMBACV_CHECK(data != nullptr && size > 0, "image '" << name << "': no encoded bytes given");
+  cv::Mat m;
+  try {
+    cv::Mat buf(1, static_cast<int>(size), CV_8U, const_cast<void*>(data));
+    m = cv::imdecode(buf, kDecodeFlags);
+  } catch (const cv::Exception& e) {
+    MAMBACV_FAIL("image '" << name << "' could not be decoded: " << first_line(e.err.c_str()));
+  }
+  MAMBACV_CHECK(!m.empty(), "image '" << name
+                                      << "' could not be decoded: not a recognised image format (supported: "
+                                      << kFormats << ") or corrupt data");
+  return mat_to_image(m, name);
+}
+
+void save_image(const std::string& path, const Image& image) {
+  MAMBACV_CHECK(image.width > 0 && image.height > 0 &&
+                    image.rgb.size() == static_cast<size_t>(image.width) * image.height * 3,
+                "save_image '" << path << "': invalid image " << image.width << "x" << image.height
+                               << " with " << image.rgb.size() << " bytes");
+  cv::Mat rgb(image.height, image.width, CV_8UC3, const_cast<uint8_t*>(image.rgb.data()));
+  cv::Mat bgr;
+  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  bool ok = false;
+  try {
+    MAMBACV_CHECK(
+        cv::haveImageWriter(path),
+        "save_image '" << path
+                       << "': no encoder for this file extension (use .png, .jpg, .bmp, .tiff, .webp)");
+    ok = cv::imwrite(path, bgr);
+  } catch (const cv::Exception& e) {
+    MAMBACV_FAIL("save_image '" << path << "' failed: " << first_line(e.err.c_str()));
+  }
+  MAMBACV_CHECK(ok, "save_image '" << path
+                                   << "' failed: could not write the file (check the directory exists and "
+                                      "is writable)");
+}
+
+namespace detail {
+
+Image resize_bilinear_opencv(const Image& image, int out_w, int out_h) {
+  MAMBACV_CHECK(image.width > 0 && image.height > 0 &&
+                    image.rgb.size() == static_cast<size_t>(image.width) * image.height * 3,
+                "resize_bilinear_opencv: invalid image " << image.width << "x" << image.height);
+  MAMBACV_CHECK(out_w > 0 && out_h > 0,
+                "resize_bilinear_opencv: output size must be positive, got " << out_w << "x" << out_h);
+  Image out;
+  out.width = out_w;
+  out.height = out_h;
+  out.rgb.resize(static_cast<size_t>(out_w) * out_h * 3);
+  cv::Mat src(image.height, image.width, CV_8UC3, const_cast<uint8_t*>(image.rgb.data()));
+  cv::Mat dst(out_h, out_w, CV_8UC3, out.rgb.data());
+  cv::resize(src, dst, cv::Size(out_w, out_h), 0, 0, cv::INTER_LINEAR);
+  MAMBACV_CHECK(dst.data == out.rgb.data(), "resize_bilinear_opencv: OpenCV reallocated the output");
+  return out;
+}
+
+}  // namespace detail
+
+}  // namespace mambacv
