@@ -6,6 +6,9 @@
 //   depthwise_conv2d_nhwc / conv1d_depthwise_tokens: weights transposed to (taps, C) so the inner loop runs over
 //     contiguous channels (vectorised), OpenMP over output rows / tokens.
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -119,28 +122,34 @@ void depthwise_conv2d_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int6
 #pragma omp parallel for num_threads(nt) schedule(static) if (B * Ho * Wo * C * taps > detail::kParallelMinWork)
   for (int64_t row = 0; row < B * Ho; ++row) {
     const int64_t b = row / Ho, oh = row % Ho;
+    // kernel rows inside the image
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, ph - oh));
+    const int i_hi = static_cast<int>(std::min<int64_t>(kh, H + ph - oh));
+    const int64_t xb = (b * H + (oh - ph)) * W * C;  // offset of row oh - ph of image b (may lie outside)
     float* yrow = y + row * Wo * C;
     for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int j_lo = static_cast<int>(std::max<int64_t>(0, pw - ow));
+      const int j_hi = static_cast<int>(std::min<int64_t>(kw, W + pw - ow));
+      const int64_t xo = xb + (ow - pw) * C;  // pixel (oh - ph, ow - pw); tap (i, j) adds (i * W + j) * C
       float* yp = yrow + ow * C;
-      if (bias)
-        std::memcpy(yp, bias, sizeof(float) * C);
-      else
-        std::memset(yp, 0, sizeof(float) * C);
-    }
-    for (int i = 0; i < kh; ++i) {
-      const int64_t ih = oh - ph + i;
-      if (ih < 0 || ih >= H) continue;
-      const float* xrow = x + (b * H + ih) * W * C;
-      for (int j = 0; j < kw; ++j) {
-        const float* wj = wtp + (i * kw + j) * C;
-        // valid ow: 0 <= ow - pw + j < W
-        const int64_t ow_lo = std::max<int64_t>(0, pw - j), ow_hi = std::min<int64_t>(Wo, W + pw - j);
-        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
-          float* __restrict yp = yrow + ow * C;
-          const float* __restrict xp = xrow + (ow - pw + j) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) yp[c] += wj[c] * xp[c];
-        }
+      // All taps for a block of channels accumulate in registers; the block's output is written once.
+      int64_t c0 = 0;
+#if defined(__AVX512F__)
+      for (; c0 < C; c0 += 16) {
+        const __mmask16 m = C - c0 >= 16 ? __mmask16(0xffff) : __mmask16((1u << (C - c0)) - 1u);
+        __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + c0) : _mm512_setzero_ps();
+        for (int i = i_lo; i < i_hi; ++i)
+          for (int j = j_lo; j < j_hi; ++j)
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, wtp + (i * kw + j) * C + c0),
+                                  _mm512_maskz_loadu_ps(m, x + (xo + (i * W + j) * C + c0)), acc);
+        _mm512_mask_storeu_ps(yp + c0, m, acc);
+      }
+#endif
+      for (; c0 < C; ++c0) {
+        float acc = bias ? bias[c0] : 0.0f;
+        for (int i = i_lo; i < i_hi; ++i)
+          for (int j = j_lo; j < j_hi; ++j) acc += wtp[(i * kw + j) * C + c0] * x[xo + (i * W + j) * C + c0];
+        yp[c0] = acc;
       }
     }
   }
