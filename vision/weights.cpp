@@ -12,16 +12,21 @@ namespace mambacv {
 WeightFile load_weights(const std::string& path) {
   // Sniff the first bytes: a zip archive starts with a local file header "PK\3\4" (or, when empty, the end of
   // central directory "PK\5\6"); a safetensors file with an 8-byte header length followed by the JSON '{'.
+  // A header length that fits the file (and the 100 MB cap) is taken as safetensors too, so that a damaged header
+  // gets load_safetensors' precise message.
   uint8_t head[9] = {0};
   size_t got = 0;
+  uint64_t size = 0;
   {
     auto file = detail::MappedFile::open(path);  // also gives the "missing / unreadable / directory" errors
-    got = std::min<size_t>(file->size(), sizeof(head));
+    size = file->size();
+    got = std::min<size_t>(size, sizeof(head));
     if (got) std::memcpy(head, file->data(), got);
   }
   if (got >= 4 && head[0] == 'P' && head[1] == 'K' && ((head[2] == 3 && head[3] == 4) || (head[2] == 5 && head[3] == 6)))
     return load_pth(path);
-  if (got == 9 && head[8] == '{') return load_safetensors(path);
+  if (got == 9 && (head[8] == '{' || (detail::read_le(head, 8) <= std::min<uint64_t>(size - 8, 100'000'000))))
+    return load_safetensors(path);
   std::ostringstream first;
   for (size_t i = 0; i < got; ++i) {
     char buf[4];

@@ -29,13 +29,22 @@ WeightFile load_safetensors(const std::string& path);
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
+// Options of load_pth.
+struct PthOptions {
+  // Check the CRC-32 of every zip record read (data.pkl and the storages of the selected tensors). Costs about
+  // one pass over the bytes; turning it off only makes sense for fuzzing the parser or when the file is trusted.
+  bool verify_checksums = true;
+};
+
 // PyTorch checkpoint (.pth / .pt zip archive: `archive/data.pkl` + `archive/data/<key>` storages).
 // Interprets an allow-list of pickle opcodes and globals (collections.OrderedDict, torch._utils._rebuild_tensor_v2,
 // torch.*Storage, ...): never runs code, bounds every size it reads. Objects it cannot interpret (argparse.Namespace,
 // optimizer state, ...) become opaque placeholders and are skipped. The state dict is taken from "model", else
 // "state_dict", else "model_ema", else the top level if it is itself a dict of tensors; a leading "module." is
-// stripped from every name. metadata["source_key"] names the entry used. Tensors are returned contiguous.
-WeightFile load_pth(const std::string& path);
+// stripped from every name. metadata["source_key"] names the entry used ("" when the top level is the state dict).
+// Tensors are returned contiguous and owned (the file is not kept mapped). Non-tensor values inside the state dict
+// are skipped and listed in metadata["skipped"]. Legacy (pre-1.6, non-zip) torch.save files are not supported.
+WeightFile load_pth(const std::string& path, const PthOptions& options = {});
 
 // By content: safetensors, or a zip archive (.pth). Throws Error naming the file when it is neither.
 WeightFile load_weights(const std::string& path);
