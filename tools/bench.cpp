@@ -114,7 +114,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     double achieved = gflop * b / (median / 1e3);
     double frac = achieved / gemm;
     if (json) {
-      nlohmann::json j = {{"model", name},        {"device", device_name(opt.device)},
+      nlohmann::ordered_json j = {{"model", name},        {"device", device_name(opt.device)},
                           {"dtype", dtype_name(opt.dtype)}, {"core", core_name(opt.core)},
                           {"batch", b},           {"size", size},
                           {"threads", threads},   {"median_ms", median},

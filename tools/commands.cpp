@@ -7,6 +7,7 @@ const std::vector<Command>& commands() {
       {"verify", cmd_verify},
       {"bench", cmd_bench},
       {"info", cmd_info},
+      {"classify", cmd_classify},
   };
   return all;
 }

@@ -16,6 +16,8 @@ const std::vector<Command>& commands();
 int cmd_verify(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_info(const std::vector<std::string>& args);
+int cmd_classify(const std::vector<std::string>& args);
+int cmd_features(const std::vector<std::string>& args);
 
 // Shared helpers of the commands.
 double measure_gemm_gflops(int threads);

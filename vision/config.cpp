@@ -44,6 +44,10 @@ ModelConfig parse_config_file(const fs::path& p, const std::string& name) {
   c.path = p.string();
   c.arch = j["arch"].get<std::string>();
   c.json = j["config"].dump();
+  if (j.contains("labels") && j["labels"].is_string()) {
+    fs::path l = j["labels"].get<std::string>();
+    c.labels = (l.is_absolute() ? l : p.parent_path() / l).string();
+  }
   return c;
 }
 }  // namespace
@@ -59,6 +63,34 @@ std::vector<std::string> list_model_configs() {
   std::sort(names.begin(), names.end());
   names.erase(std::unique(names.begin(), names.end()), names.end());
   return names;
+}
+
+std::vector<std::string> read_label_file(const std::string& path) {
+  std::ifstream f(path);
+  MAMBACV_CHECK(f.good(), "labels " << path << ": cannot open the file");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    out.push_back(line);
+  }
+  while (!out.empty() && out.back().empty()) out.pop_back();
+  return out;
+}
+
+std::vector<std::string> load_labels(const ModelConfig& cfg, int num_classes) {
+  std::error_code ec;
+  if (!cfg.labels.empty() && fs::is_regular_file(cfg.labels, ec)) {
+    auto l = read_label_file(cfg.labels);
+    if (static_cast<int>(l.size()) == num_classes) return l;
+  }
+  if (num_classes == 1000) {
+    for (const auto& d : config_dirs()) {
+      fs::path p = d / "imagenet1k_labels.txt";
+      if (fs::is_regular_file(p, ec)) return read_label_file(p.string());
+    }
+  }
+  return {};
 }
 
 ModelConfig load_model_config(const std::string& name_or_path) {

@@ -106,6 +106,11 @@ const std::string& Model::arch() const { return net_->arch(); }
 const Options& Model::options() const { return opt_; }
 int Model::input_size() const { return net_->input_size(); }
 int Model::num_classes() const { return net_->num_classes(); }
+InputSpec Model::input_spec() const {
+  InputSpec s;
+  s.size = net_->input_size();
+  return s;
+}
 
 Tensor Model::classify(const Tensor& x) const {
   check_input(x, *net_);

@@ -16,6 +16,7 @@
 
 #include "mambacv/device.h"
 #include "mambacv/error.h"
+#include "mambacv/image.h"
 #include "mambacv/tensor.h"
 #include "mambacv/weights.h"
 
@@ -39,11 +40,17 @@ struct ModelConfig {
   std::string path;   // file it was read from ("" when built in memory)
   std::string arch;
   std::string json;   // the "config" object, serialised
+  std::string labels; // label file (one class name per line) from the top-level "labels" key, resolved; or ""
 };
 // `name_or_path`: a path to a .json file, or the name of a config shipped in configs/ (e.g. "vim_tiny").
 ModelConfig load_model_config(const std::string& name_or_path);
 // Names of the shipped configs.
 std::vector<std::string> list_model_configs();
+// Class names for a model with `num_classes` outputs: the config's label file when it has exactly that many
+// lines, else the shipped ImageNet-1k list when num_classes is 1000, else empty (callers print indices).
+std::vector<std::string> load_labels(const ModelConfig& config, int num_classes);
+// Reads a label file (one name per line). Throws Error naming the file.
+std::vector<std::string> read_label_file(const std::string& path);
 
 namespace detail {
 class Network;
@@ -62,6 +69,7 @@ class Model {
   const std::string& arch() const;
   const Options& options() const;
   int input_size() const;  // square input side of the config (img_size / 224)
+  InputSpec input_spec() const;  // the eval transform for this model (size = input_size())
   int num_classes() const;  // 0 for backbones
 
   // x: (B, 3, H, W) normalised f32. Returns (B, num_classes) logits. Throws for backbones.

@@ -1,0 +1,30 @@
+// tools/inputs.h - what the image commands take as INPUT: files, folders (recursive) and @list.txt files.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace mambacv::cli {
+
+// Expands the INPUT arguments in order: a folder becomes its image files (recursively, sorted by path; files
+// without an image extension are skipped), @FILE becomes the non-empty lines of FILE (relative paths are taken
+// relative to FILE's folder), anything else is kept as given (a missing file is reported when it is read).
+// Throws Error for an unreadable @list or folder.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& args);
+
+// A progress bar on stderr, drawn only when stderr is a terminal and there is more than one step.
+class Progress {
+ public:
+  Progress(const char* what, size_t total);
+  void step(size_t done);
+  ~Progress();
+
+ private:
+  const char* what_;
+  size_t total_;
+  bool active_;
+  double t0_;
+};
+
+}  // namespace mambacv::cli
