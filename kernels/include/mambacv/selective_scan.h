@@ -7,9 +7,16 @@
 //     h[n]    = exp(dt * A[c,n]) * h[n] + dt * B(b,g,n,t) * u(b,c,t)      g = c / (dim / groups), h fp32, h0 = 0
 //     y       = sum_n C(b,g,n,t) * h[n] + D[c] * u(b,c,t)
 //     y      *= silu(z(b,c,t))                                   (when the direction has z)
-//     out(b,c,t) (+)= out_scale * y                              (rounded to dir_round first, see below)
+//     v       = round_to(dir_round, out_scale * y)               (no-op for F32; round to nearest even)
+//     out(b,c,t) = (accumulate || k > 0) ? out(b,c,t) + v : v    (fp32)
 // Several directions accumulate into one output; a direction reads and writes every token-indexed operand
 // through its order, so cross-scan / flipped sequences are never materialised.
+// Exact order of operations (the fast path follows it; results differ only by exp/log rounding):
+//   dt = delta + bias, then softplus(x) = x > 20 ? x : log1p(exp(x));  h[n] = exp(dt*A[n]) * h[n] + (dt*u) * B[n];
+//   y = ((C[0]*h[0] + C[1]*h[1]) + ...) + D*u;  y *= z / (1 + exp(-z));  v = round(out_scale * y);
+//   directions are merged in the order of `dirs` (k = 0 first), each added to out in fp32.
+// Requirements: out must not overlap any input operand; every direction's order must be a permutation of 0..L-1
+// (validate_scan_params checks this in O(L)); last_state of different directions must not overlap.
 //
 // Layouts are given by element strides, so (B, D, L) channel-major and (B, L, D) token-major both work. The fast
 // CPU path vectorises across channels and is fastest when the channel stride of u, delta, z and out is 1.
@@ -47,7 +54,7 @@ struct ScanDirection {
   ScanOperand z;                       // optional gate (ptr null = none)
   const int32_t* order = nullptr;      // (L) token visited at step l; null = identity; must be a permutation
   float out_scale = 1.0f;              // multiplier of this direction's contribution
-  float* last_state = nullptr;         // optional output (B, dim, N) fp32: h after the last step
+  float* last_state = nullptr;         // optional output (B, dim, N) fp32, contiguous: h after the last step
 };
 
 struct ScanParams {
