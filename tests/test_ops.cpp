@@ -485,6 +485,24 @@ TEST(Ops, BicubicMultiChannelMatchesTorch) {
     }
 }
 
+TEST(Ops, BicubicDownsampleMatchesTorch) {
+  // x(h, w) = ((7h + 3w) mod 11) - 5 + h / 4 on a 5 x 6 grid, one channel, downsampled to 3 x 4. Expected values:
+  // torch.nn.functional.interpolate(x[None, None], size=(3, 4), mode="bicubic", align_corners=False), float32.
+  const int64_t Hi = 5, Wi = 6, Ho = 3, Wo = 4;
+  std::vector<float> x(Hi * Wi);
+  for (int64_t h = 0; h < Hi; ++h)
+    for (int64_t w = 0; w < Wi; ++w) x[h * Wi + w] = static_cast<float>((h * 7 + w * 3) % 11) - 5.0f + 0.25f * h;
+  const float expected[3][4] = {
+      {-1.79181123f, -0.615378082f, 2.4184742f, -2.49949336f},
+      {-0.92578125f, 4.76953125f, -3.76953125f, 1.92578125f},
+      {3.49949384f, -1.41847622f, 1.61538029f, 2.79180956f},
+  };
+  std::vector<float> y(Ho * Wo);
+  ops::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, y.data());
+  for (int64_t h = 0; h < Ho; ++h)
+    for (int64_t w = 0; w < Wo; ++w) EXPECT_NEAR(y[h * Wo + w], expected[h][w], 1e-5f) << h << "," << w;
+}
+
 // ---- threads ---------------------------------------------------------------------------------------------------
 TEST(Ops, NumThreads) {
   const int def = ops::num_threads();
