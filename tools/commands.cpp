@@ -8,6 +8,7 @@ const std::vector<Command>& commands() {
       {"bench", cmd_bench},
       {"info", cmd_info},
       {"classify", cmd_classify},
+      {"features", cmd_features},
   };
   return all;
 }
