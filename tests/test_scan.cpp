@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mambacv/selective_scan.h"
+#include "mambacv/weights.h"
 #include "test_util.h"
 
 using namespace mambacv;
@@ -402,4 +403,60 @@ TEST(SelectiveScan, ValidationErrors) {
   expect_error([](ScanParams& p) { p.dirs[0].order = bad_range; }, "outside");
   static const int32_t dup[8] = {0, 1, 2, 3, 4, 5, 6, 6};
   expect_error([](ScanParams& p) { p.dirs[0].order = dup; }, "twice");
+}
+
+// ---- golden fixtures: upstream selective_scan_ref (delta_softplus=True) -----------------------------------------
+namespace {
+
+// Runs one scan fixture with the (b,d,l) / (b,n,l) | (b,g,n,l) layouts of its metadata through `scan`, returns
+// the relative L2 errors of out and last_state.
+std::pair<double, double> run_fixture(const std::string& name, void (*scan)(const ScanParams&)) {
+  const WeightFile f = load_safetensors(test::fixture("ops/" + name + ".safetensors"));
+  auto get = [&](const std::string& k) -> const Tensor& {
+    auto it = f.tensors.find(k);
+    if (it == f.tensors.end()) throw Error("fixture " + name + " has no tensor " + k);
+    return it->second;
+  };
+  const Tensor &u = get("u"), &delta = get("delta"), &A = get("A"), &B = get("B"), &C = get("C");
+  const Tensor &out_golden = get("out"), &ls_golden = get("last_state");
+  const int64_t batch = u.dim(0), dim = u.dim(1), L = u.dim(2), N = A.dim(1);
+  const int64_t groups = B.ndim() == 4 ? B.dim(1) : 1;  // (b,n,l) is one group
+  EXPECT_EQ(f.metadata.at("delta_softplus"), "true");
+
+  ScanParams p;
+  p.batch = batch, p.dim = dim, p.L = L, p.N = N, p.groups = groups;
+  ScanDirection d;
+  d.u = {u.raw(), u.dtype(), dim * L, L, 1};
+  d.delta = {delta.raw(), delta.dtype(), dim * L, L, 1};
+  d.B = {B.raw(), B.dtype(), groups * N * L, N * L, L, 1};
+  d.C = {C.raw(), C.dtype(), groups * N * L, N * L, L, 1};
+  d.A = A.f32();
+  d.D = get("D").f32();
+  d.delta_bias = get("delta_bias").f32();
+  if (f.tensors.count("z")) {
+    const Tensor& z = get("z");
+    d.z = {z.raw(), z.dtype(), dim * L, L, 1};
+  }
+  Tensor out = Tensor::zeros({batch, dim, L});
+  Tensor ls = Tensor::zeros({batch, dim, N});
+  d.last_state = ls.f32();
+  p.dirs = {d};
+  p.out = out.f32(), p.osb = dim * L, p.osc = L, p.ost = 1;
+  scan(p);
+  return {compare(out, out_golden).rel_l2, compare(ls, ls_golden).rel_l2};
+}
+
+}  // namespace
+
+TEST(SelectiveScan, GoldenFixtures) {
+  for (const char* name : {"scan_d16_long", "scan_d16_z", "scan_d1_grouped"}) {
+    const auto ref = run_fixture(name, selective_scan_ref);
+    const auto fast = run_fixture(name, selective_scan);
+    std::printf("%-16s reference: out %.3g last_state %.3g | fast: out %.3g last_state %.3g (relative L2)\n", name,
+                ref.first, ref.second, fast.first, fast.second);
+    EXPECT_LE(ref.first, 1e-5) << name;
+    EXPECT_LE(ref.second, 1e-5) << name;
+    EXPECT_LE(fast.first, 1e-5) << name;
+    EXPECT_LE(fast.second, 1e-5) << name;
+  }
 }
