@@ -239,11 +239,21 @@ class VMambaNetwork final : public Network {
   //    root norm / head of older checkpoints);
   //  - backbones drop classifier.* (upstream Backbone_VSSM deletes its classifier and loads classification
   //    checkpoints into the rest).
+  //  - backbones given an mmdetection checkpoint keep only its backbone.* tensors (prefix stripped);
+  //  - backbones given a classification checkpoint (it has classifier.*) get identity outnorm{i} where the
+  //    checkpoint has none, as upstream Backbone_VSSM(pretrained=...) leaves them at their initialisation.
   TensorMap canonicalize(const TensorMap& w) const override {
     TensorMap out;
     std::map<std::string, std::string> origin;
+    bool mmdet = false, classification = false;
+    if (cfg_.backbone)
+      for (const auto& kv : w) mmdet = mmdet || starts_with(kv.first, "backbone.");
     for (const auto& [name, t0] : w) {
       std::string n = name;
+      if (mmdet) {
+        if (!starts_with(n, "backbone.")) continue;
+        n = n.substr(std::string("backbone.").size());
+      }
       Tensor t = t0;
       auto replace_prefix = [&](const std::string& from, const std::string& to) {
         if (starts_with(n, from)) n = to + n.substr(from.size());
@@ -274,13 +284,25 @@ class VMambaNetwork final : public Network {
           (ends_with(n, "in_proj.weight") || ends_with(n, "out_proj.weight") || ends_with(n, "fc1.weight") ||
            ends_with(n, "fc2.weight") || ends_with(n, "reduction.weight") || ends_with(n, "head.weight")))
         t = t.reshape({t.dim(0), t.dim(1)});
-      if (cfg_.backbone && starts_with(n, "classifier.")) continue;
+      if (cfg_.backbone && starts_with(n, "classifier.")) {
+        classification = true;
+        continue;
+      }
       auto prev = origin.find(n);
       MAMBACV_CHECK(prev == origin.end(), "weights: tensors \"" << prev->second << "\" and \"" << name
                                                                 << "\" both give \"" << n << "\"; keep one spelling");
       origin[n] = name;
       out[n] = t;
     }
+    if (classification)
+      for (int64_t i : cfg_.out_indices) {
+        const std::string p = "outnorm" + std::to_string(i);
+        if (out.count(p + ".weight") || out.count(p + ".bias")) continue;
+        Tensor g = Tensor::empty({cfg_.dims[static_cast<size_t>(i)]});
+        g.fill(1.0f);
+        out[p + ".weight"] = g;
+        out[p + ".bias"] = Tensor::zeros({cfg_.dims[static_cast<size_t>(i)]});
+      }
     return out;
   }
 
