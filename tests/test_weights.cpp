@@ -191,6 +191,11 @@ TEST(Safetensors, RejectsBrokenFilesWithClearErrors) {
        "past the end of the data"},
       {"trailing_bytes", raw_safetensors("{" + ok_entry + "}", sixteen), "trailing"},
       {"missing_field", raw_safetensors(R"({"a":{"dtype":"F32","shape":[2]}})", eight), "data_offsets"},
+      {"deep_nesting",
+       raw_safetensors(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') +
+                           R"(,"data_offsets":[0,8]}})",
+                       eight),
+       "shape"},
       {"bad_metadata", raw_safetensors(R"({"__metadata__":{"k":3},)" + ok_entry + "}", eight), "__metadata__"},
   };
   for (const auto& c : cases) {

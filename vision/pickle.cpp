@@ -14,7 +14,7 @@ namespace mambacv::detail::pickle {
 namespace {
 
 // Bounds. A real checkpoint needs a few objects per tensor and a stack about twice its largest dict.
-constexpr size_t kMaxObjects = size_t{1} << 23;
+constexpr size_t kMaxObjects = size_t{1} << 22;  // ~0.7 GB worst case
 constexpr size_t kMaxStack = size_t{1} << 22;
 constexpr size_t kMaxMarks = size_t{1} << 12;
 constexpr size_t kMaxMemo = size_t{1} << 22;

@@ -136,8 +136,8 @@ WeightFile load_pth(const std::string& path, const PthOptions& options) {
           msg << " ...";
           break;
         }
-        msg << " " << (kv.first->kind == pk::Kind::Str ? kv.first->s : pk::describe(kv.first)) << " ("
-            << pk::describe(kv.second) << ")";
+        const std::string key = kv.first->kind == pk::Kind::Str ? kv.first->s.substr(0, 100) : pk::describe(kv.first);
+        msg << " " << key << " (" << pk::describe(kv.second).substr(0, 200) << ")";
       }
     }
     throw Error(msg.str());

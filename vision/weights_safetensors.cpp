@@ -58,10 +58,20 @@ struct Entry {
   uint64_t begin, end;
 };
 
+// A value for an error message: scalars as JSON, containers by type and size (never a recursive dump of an
+// arbitrarily deep or large value from a hostile header).
+std::string brief(const nlohmann::json& v) {
+  if (v.is_primitive()) {
+    std::string s = v.dump();
+    return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+  }
+  return std::string(v.type_name()) + " of " + std::to_string(v.size()) + " elements";
+}
+
 uint64_t json_uint(const nlohmann::json& v, const std::string& path, const std::string& tensor, const char* field) {
   MAMBACV_CHECK(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0),
                 path << ": tensor '" << tensor << "': " << field << " must hold non-negative integers, found "
-                     << v.dump());
+                     << brief(v));
   return v.get<uint64_t>();
 }
 
@@ -73,12 +83,12 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   Entry e;
   e.name = name;
   const auto& jd = info["dtype"];
-  MAMBACV_CHECK(jd.is_string(), path << ": tensor '" << name << "': dtype must be a string, found " << jd.dump());
+  MAMBACV_CHECK(jd.is_string(), path << ": tensor '" << name << "': dtype must be a string, found " << brief(jd));
   MAMBACV_CHECK(parse_dtype(jd.get<std::string>(), &e.dtype),
                 path << ": tensor '" << name << "': unknown or unsupported dtype '" << jd.get<std::string>()
                      << "' (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
   const auto& js = info["shape"];
-  MAMBACV_CHECK(js.is_array(), path << ": tensor '" << name << "': shape must be an array, found " << js.dump());
+  MAMBACV_CHECK(js.is_array(), path << ": tensor '" << name << "': shape must be an array, found " << brief(js));
   uint64_t numel = 1;
   bool overflow = false;
   for (const auto& d : js) {
@@ -90,10 +100,11 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   uint64_t nbytes = 0;
   overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes) ||
               nbytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
-  MAMBACV_CHECK(!overflow, path << ": tensor '" << name << "': shape " << js.dump() << " overflows the element count");
+  MAMBACV_CHECK(!overflow, path << ": tensor '" << name << "': shape " << shape_str(e.shape)
+                                << " overflows the element count");
   const auto& jo = info["data_offsets"];
   MAMBACV_CHECK(jo.is_array() && jo.size() == 2,
-                path << ": tensor '" << name << "': data_offsets must be [begin, end], found " << jo.dump());
+                path << ": tensor '" << name << "': data_offsets must be [begin, end], found " << brief(jo));
   e.begin = json_uint(jo[0], path, name, "data_offsets");
   e.end = json_uint(jo[1], path, name, "data_offsets");
   MAMBACV_CHECK(e.begin <= e.end, path << ": tensor '" << name << "': data_offsets [" << e.begin << ", " << e.end
@@ -136,7 +147,7 @@ WeightFile load_safetensors(const std::string& path) {
       MAMBACV_CHECK(m.is_object(), path << ": __metadata__ must be an object of strings, found " << m.type_name());
       for (auto mi = m.begin(); mi != m.end(); ++mi) {
         MAMBACV_CHECK(mi.value().is_string(), path << ": __metadata__ entry '" << mi.key() << "' must be a string, found "
-                                                   << mi.value().dump());
+                                                   << brief(mi.value()));
         wf.metadata[mi.key()] = mi.value().get<std::string>();
       }
       continue;
