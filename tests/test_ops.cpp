@@ -132,6 +132,12 @@ TEST(Ops, GemmRejectsBadStrides) {
   float A[4] = {}, B[4] = {}, C[4] = {};
   EXPECT_THROW(ops::gemm(2, 2, 2, A, 1, B, 2, true, C, 2), Error);
   EXPECT_THROW(ops::gemm(-1, 2, 2, A, 2, B, 2, true, C, 2), Error);
+  // a single row has no row stride to check
+  const float a[2] = {1, 2}, b[4] = {1, 2, 3, 4};
+  float c[2];
+  ops::gemm(1, 2, 2, a, 0, b, 2, false, c, 0);
+  EXPECT_FLOAT_EQ(c[0], 7);
+  EXPECT_FLOAT_EQ(c[1], 10);
 }
 
 // ---- conv2d ----------------------------------------------------------------------------------------------------

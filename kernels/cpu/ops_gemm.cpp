@@ -5,6 +5,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
 
+#include "kernels/flops.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
 
@@ -21,10 +22,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
           float* C, int64_t ldc, const float* bias, float beta) {
   MAMBACV_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=" << M << " N=" << N << " K=" << K);
   if (M == 0 || N == 0) return;
-  MAMBACV_CHECK(lda >= K && ldc >= N && ldb >= (trans_b ? K : N),
+  // row strides matter only where there is more than one row
+  MAMBACV_CHECK((M == 1 || lda >= K) && (M == 1 || ldc >= N) && ((trans_b ? N : K) <= 1 || ldb >= (trans_b ? K : N)),
                 "gemm: row strides too small: lda=" << lda << " (K=" << K << "), ldb=" << ldb << " (needs "
                                                     << (trans_b ? K : N) << "), ldc=" << ldc << " (N=" << N << ")");
   MAMBACV_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)), "gemm: null operand");
+  add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
 
   MutMap c(C, M, N, Eigen::OuterStride<>(ldc));
   // Initialise C with bias / beta * C, then accumulate the product into it.

@@ -10,13 +10,15 @@
 namespace mambacv::ops {
 
 namespace {
-std::atomic<int> g_threads{0};  // 0: OpenMP default (all cores)
+std::atomic<int> g_threads{0};  // 0: OpenMP default
 }
 
 void set_num_threads(int n) {
+  // the default as the process started (OMP_NUM_THREADS or all cores), captured before the first change
+  static const int initial = omp_get_max_threads();
   if (n <= 0) {
     g_threads.store(0);
-    omp_set_num_threads(omp_get_num_procs());
+    omp_set_num_threads(initial);
     Eigen::setNbThreads(0);  // 0: Eigen asks OpenMP (omp_get_max_threads)
     return;
   }
