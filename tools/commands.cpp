@@ -9,6 +9,7 @@ const std::vector<Command>& commands() {
       {"info", cmd_info},
       {"classify", cmd_classify},
       {"features", cmd_features},
+      {"detect", cmd_detect},
   };
   return all;
 }

@@ -15,6 +15,7 @@ void usage(FILE* f) {
                "  verify FIXTURE.json   run a golden fixture and compare every tensor the model produces\n"
                "  classify INPUT...     top-k classes of images (files, folders, @list.txt)\n"
                "  features INPUT... -o F per-image feature maps or pooled vectors into a safetensors file\n"
+               "  detect INPUT...       instance detection + masks (Mask R-CNN): boxes, labels, scores, COCO RLE\n"
                "  bench                 latency / throughput beside the machine's measured GEMM rate\n"
                "  info                  parameters, FLOPs, output shapes; checks a weights file against the model\n"
                "run 'mambacv <command> --help' for the options of a command\n");

@@ -59,6 +59,7 @@ int cmd_verify(const std::vector<std::string>& argv) {
 
   ModelConfig cfg = load_model_config(fixture);
   WeightFile golden = load_safetensors(golden_path);
+  if (cfg.arch == "mask_rcnn") return verify_detection_fixture(fixture, weights_path, golden.tensors, opt);
   auto in = golden.tensors.find("input");
   MAMBACV_CHECK(in != golden.tensors.end(), "golden " << golden_path << ": no tensor named \"input\"");
   Model model = Model::load(cfg.path, weights_path, opt);

@@ -1,0 +1,174 @@
+// vision/detector.cpp - the public Detector (mambacv/detection.h) over the "mask_rcnn" Network (vision/mask_rcnn.cpp).
+#include <chrono>
+#include <cstring>
+
+#include "kernels/detection_ops.h"
+#include "mambacv/detection.h"
+#include "vision/mask_rcnn.h"
+
+namespace mambacv {
+
+namespace {
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+det::Rle to_rle(const InstanceMask& m) {
+  det::Rle r;
+  r.h = m.height;
+  r.w = m.width;
+  r.counts = m.counts;
+  return r;
+}
+
+void check_options(const DetectOptions& o) {
+  MAMBACV_CHECK(o.score_thr < 0 || o.score_thr <= 1,
+                "detect: score_thr must be in [0, 1] (or < 0 for the config's), got " << o.score_thr);
+}
+
+detail::MaskRcnnRequest make_request(const DetectOptions& o) {
+  detail::MaskRcnnRequest r;
+  r.score_thr = o.score_thr;
+  r.max_per_img = o.max_per_img;
+  r.masks = o.masks;
+  return r;
+}
+
+DetectionResult to_result(const detail::MaskRcnnImageOut& o, const detail::MaskRcnnRequest& r) {
+  DetectionResult res;
+  res.width = static_cast<int>(o.out_w);
+  res.height = static_cast<int>(o.out_h);
+  const int64_t m = o.dets.size();
+  for (int64_t i = 0; i < m; ++i) {
+    Detection d;
+    for (int j = 0; j < 4; ++j) d.box[static_cast<size_t>(j)] = o.dets.boxes.f32()[i * 4 + j];
+    d.score = o.dets.scores.f32()[i];
+    d.label = static_cast<int>(o.dets.labels.data<int64_t>()[i]);
+    if (i < static_cast<int64_t>(o.masks.size())) {
+      d.mask.height = static_cast<int>(o.masks[static_cast<size_t>(i)].h);
+      d.mask.width = static_cast<int>(o.masks[static_cast<size_t>(i)].w);
+      d.mask.counts = o.masks[static_cast<size_t>(i)].counts;
+    }
+    res.detections.push_back(std::move(d));
+  }
+  res.timings.backbone_ms = r.backbone_ms;
+  res.timings.fpn_ms = r.fpn_ms;
+  res.timings.rpn_ms = o.rpn_ms;
+  res.timings.box_ms = o.box_ms;
+  res.timings.mask_ms = o.mask_ms;
+  return res;
+}
+}  // namespace
+
+int64_t InstanceMask::area() const {
+  int64_t a = 0;
+  for (size_t i = 1; i < counts.size(); i += 2) a += counts[i];
+  return a;
+}
+
+std::vector<uint8_t> InstanceMask::decode() const {
+  if (counts.empty()) return std::vector<uint8_t>(static_cast<size_t>(height) * width, 0);
+  Tensor t = det::rle_decode(to_rle(*this));
+  const auto* p = static_cast<const uint8_t*>(t.raw());
+  return std::vector<uint8_t>(p, p + t.numel());
+}
+
+std::string InstanceMask::coco_string() const {
+  if (counts.empty()) {  // no mask computed: the encoding of an all-zero mask
+    det::Rle r;
+    r.h = height;
+    r.w = width;
+    r.counts = {static_cast<uint32_t>(static_cast<int64_t>(height) * width)};
+    return det::rle_to_string(r);
+  }
+  return det::rle_to_string(to_rle(*this));
+}
+
+Detector::Detector(Model model, std::vector<std::string> class_names)
+    : model_(std::move(model)), class_names_(std::move(class_names)) {
+  MAMBACV_CHECK(model_.arch() == "mask_rcnn",
+                "Detector: the model's arch is \"" << model_.arch() << "\", expected \"mask_rcnn\"");
+}
+
+Detector Detector::load(const std::string& config, const std::string& weights, const Options& opt) {
+  ModelConfig cfg = load_model_config(config);
+  MAMBACV_CHECK(cfg.arch == "mask_rcnn", "Detector: config " << cfg.path << " has arch \"" << cfg.arch
+                                                             << "\", expected \"mask_rcnn\"");
+  Model m = Model::load(cfg.path, weights, opt);
+  Detector d(std::move(m));
+  d.class_names_ = load_labels(cfg, d.num_classes());
+  return d;
+}
+
+Detector Detector::random(const std::string& config, const Options& opt, uint64_t seed) {
+  ModelConfig cfg = load_model_config(config);
+  MAMBACV_CHECK(cfg.arch == "mask_rcnn", "Detector: config " << cfg.path << " has arch \"" << cfg.arch
+                                                             << "\", expected \"mask_rcnn\"");
+  Detector d(Model::random(cfg, opt, seed));
+  d.class_names_ = load_labels(cfg, d.num_classes());
+  return d;
+}
+
+int Detector::num_classes() const {
+  for (const ParamSpec& p : model_.parameter_specs())
+    if (p.name == "roi_head.bbox_head.fc_cls.bias") return static_cast<int>(p.shape[0] - 1);
+  return 0;
+}
+
+std::vector<DetectionResult> Detector::detect_batch(const Tensor& input, const std::vector<std::array<int, 2>>& shapes,
+                                                    const DetectOptions& opt) const {
+  check_options(opt);
+  MAMBACV_CHECK(input.defined() && input.ndim() == 4,
+                "detect: expected a (B, 3, H, W) input, got " << (input.defined() ? input.str() : "an empty tensor"));
+  MAMBACV_CHECK(static_cast<int64_t>(shapes.size()) == input.dim(0),
+                "detect: " << shapes.size() << " image shapes for a batch of " << input.dim(0));
+  const double t0 = now_ms();
+  detail::MaskRcnnRequest req = make_request(opt);
+  for (const auto& s : shapes) req.images.push_back({s[0], s[1], false, s[0], s[1], 1.0f, 1.0f});
+  {
+    detail::ScopedMaskRcnnRequest scope(&req);
+    model_.forward_all(input);
+  }
+  std::vector<DetectionResult> out;
+  for (const auto& o : req.out) out.push_back(to_result(o, req));
+  for (auto& r : out) r.timings.total_ms = now_ms() - t0;
+  return out;
+}
+
+DetectionResult Detector::detect(const Tensor& input, int img_height, int img_width, const DetectOptions& opt) const {
+  MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
+                "detect: expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "an empty tensor"));
+  return detect_batch(input, {{img_height, img_width}}, opt)[0];
+}
+
+DetectionResult Detector::detect(const Image& image, const DetectOptions& opt) const {
+  check_options(opt);
+  const double t0 = now_ms();
+  DetectionInput in = prepare_detection_input(image, opt.max_long, opt.max_short, 32);
+  const double t1 = now_ms();
+  detail::MaskRcnnRequest req = make_request(opt);
+  req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
+  {
+    detail::ScopedMaskRcnnRequest scope(&req);
+    model_.forward_all(in.input);
+  }
+  DetectionResult r = to_result(req.out.at(0), req);
+  r.timings.preprocess_ms = t1 - t0;
+  r.timings.total_ms = now_ms() - t0;
+  return r;
+}
+
+std::map<std::string, Tensor> Detector::forward_all(const Tensor& input, int img_height, int img_width,
+                                                     const DetectOptions& opt) const {
+  check_options(opt);
+  MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
+                "forward_all: expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "empty"));
+  detail::MaskRcnnRequest req = make_request(opt);
+  req.want_tensors = true;
+  req.want_bitmaps = opt.masks;
+  req.images.push_back({img_height, img_width, false, img_height, img_width, 1.0f, 1.0f});
+  detail::ScopedMaskRcnnRequest scope(&req);
+  return model_.forward_all(input);
+}
+
+}  // namespace mambacv
