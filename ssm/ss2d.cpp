@@ -32,12 +32,18 @@ SS2DForwardType parse_ss2d_forward_type(const std::string& s, const std::string&
 
 void ss2d_prepare(SS2DWeights& w, const float* A_logs) {
   const int64_t K = kSS2DDirections, Dd = w.d_inner, N = w.d_state;
-  MAMBACV_CHECK(Dd > 0 && N > 0 && A_logs && w.Ds, "ss2d_prepare: sizes, A_logs and Ds must be set first");
+  const int64_t R = w.dt_rank;
+  MAMBACV_CHECK(Dd > 0 && N > 0 && R > 0 && A_logs && w.Ds && w.dt_proj_w,
+                "ss2d_prepare: sizes, A_logs, Ds and dt_proj_w must be set first");
   w.A = Tensor::empty({K * Dd, N});
   for (int64_t i = 0; i < K * Dd * N; ++i) w.A.f32()[i] = -std::exp(A_logs[i]);
   w.D_sum = Tensor::zeros({Dd});
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += w.Ds[k * Dd + c];
+  w.dt_proj_t = Tensor::empty({K, R, Dd});
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < Dd; ++c)
+      for (int64_t r = 0; r < R; ++r) w.dt_proj_t.f32()[(k * R + r) * Dd + c] = w.dt_proj_w[(k * Dd + c) * R + r];
 }
 
 namespace {
@@ -79,11 +85,28 @@ void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWei
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
   Tensor xdbl = Tensor::empty({B, L, K * P});
   ops::gemm(BL, K * P, Dd, u.f32(), Dd, w.x_proj, Dd, /*trans_b=*/true, xdbl.f32(), K * P);
-  // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
+  // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd). R is tiny (ceil(C/16)),
+  // so a GEMM call per direction is mostly overhead: one pass over the tokens, vectorised across channels.
   Tensor delta = Tensor::empty({B, L, K * Dd});
-  for (int64_t k = 0; k < K; ++k)
-    ops::gemm(BL, Dd, R, xdbl.f32() + k * P, K * P, w.dt_proj_w + k * Dd * R, R, /*trans_b=*/true,
-              delta.f32() + k * Dd, K * Dd);
+  {
+    const float* xd = xdbl.f32();
+    const float* wt = w.dt_proj_t.f32();  // (K, R, Dd)
+    float* dl = delta.f32();
+#pragma omp parallel for schedule(static) num_threads(ops::num_threads())
+    for (int64_t t = 0; t < BL; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const float* a = xd + t * K * P + k * P;  // dt_k of token t (R)
+        const float* wk = wt + k * R * Dd;
+        float* d = dl + t * K * Dd + k * Dd;
+        const float a0 = a[0];
+        for (int64_t c = 0; c < Dd; ++c) d[c] = a0 * wk[c];
+        for (int64_t r = 1; r < R; ++r) {
+          const float ar = a[r];
+          const float* wr = wk + r * Dd;
+          for (int64_t c = 0; c < Dd; ++c) d[c] += ar * wr[c];
+        }
+      }
+  }
 
   // scan inputs in the policy's dtype (core v0: fp32; core v1: the compute dtype)
   const DType in_t = policy.scan_input_dtype();

@@ -61,9 +61,11 @@ struct SS2DWeights {
   const float* out_proj = nullptr;    // (C, Dd)
   Tensor A;                           // (K*Dd, N) = -exp(A_logs), see ss2d_prepare
   Tensor D_sum;                       // (Dd) = sum_k Ds[k*Dd + c], see ss2d_prepare
+  Tensor dt_proj_t;                   // (K, R, Dd) = dt_proj_w transposed per direction, see ss2d_prepare
 };
 
-// Fills w.A from A_logs (K*Dd, N) and w.D_sum from w.Ds (set the sizes and Ds first).
+// Fills w.A from A_logs (K*Dd, N), w.D_sum from w.Ds and w.dt_proj_t from w.dt_proj_w (set the sizes, Ds and
+// dt_proj_w first).
 void ss2d_prepare(SS2DWeights& w, const float* A_logs);
 
 // The four direction orders over the row-major tokens of one H x W map (each a permutation of 0..H*W-1).

@@ -484,7 +484,7 @@ class VMambaNetwork final : public Network {
     const float* src = x.f32();
     float* dst = m.f32();
     static constexpr int kDh[4] = {0, 1, 0, 1}, kDw[4] = {0, 0, 1, 1};
-#pragma omp parallel for
+#pragma omp parallel for num_threads(ops::num_threads())
     for (int64_t r = 0; r < B * H2; ++r) {
       const int64_t b = r / H2, h2 = r % H2;
       for (int64_t w2 = 0; w2 < W2; ++w2) {
