@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/simd_math.h"
+#include "kernels/flops.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
 
@@ -111,6 +112,7 @@ void depthwise_conv2d_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int6
   const int64_t Ho = conv_out_size(H, kh, 1, ph), Wo = conv_out_size(W, kw, 1, pw);
   MAMBACV_CHECK(Ho > 0 && Wo > 0, "depthwise_conv2d_nhwc: kernel " << kh << "x" << kw
                                                                    << " larger than the padded input");
+  add_flops(2.0 * static_cast<double>(B * Ho * Wo * C) * kh * kw);  // taps at the border counted too
   // wt (kh*kw, C)
   const int taps = kh * kw;
   std::vector<float> wt(static_cast<size_t>(taps * C));
@@ -161,6 +163,7 @@ void conv1d_depthwise_tokens(const float* x, int64_t B, int64_t L, int64_t C, co
   MAMBACV_CHECK(B >= 0 && L >= 0 && C > 0 && K > 0,
                 "conv1d_depthwise_tokens: bad sizes B=" << B << " L=" << L << " C=" << C << " K=" << K);
   MAMBACV_CHECK(x != y, "conv1d_depthwise_tokens: y may not alias x");
+  add_flops(static_cast<double>(B * L * C) * (2.0 * K + (silu ? 4.0 : 0.0)));  // silu: exp, add, div, mul
   // wt (K, C)
   std::vector<float> wt(static_cast<size_t>(K * C));
   for (int64_t c = 0; c < C; ++c)

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu/simd_math.h"
+#include "kernels/flops.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
 
@@ -14,6 +15,7 @@ namespace mambacv::ops {
 void layer_norm(const float* x, int64_t rows, int64_t C, const float* gamma, const float* beta, float eps, float* y) {
   MAMBACV_CHECK(rows >= 0 && C > 0, "layer_norm: bad sizes rows=" << rows << " C=" << C);
   MAMBACV_CHECK(gamma != nullptr, "layer_norm: gamma is null");
+  add_flops(static_cast<double>(rows * C) * (beta ? 8.0 : 7.0));  // sum, centre, square+sum, normalise, scale[, shift]
   const float inv_c = 1.0f / static_cast<float>(C);
   const int nt = num_threads();
 #pragma omp parallel for num_threads(nt) schedule(static) if (rows * C > detail::kParallelMinWork)
@@ -50,6 +52,7 @@ void layer_norm(const float* x, int64_t rows, int64_t C, const float* gamma, con
 void rms_norm(const float* x, int64_t rows, int64_t C, const float* gamma, float eps, float* y) {
   MAMBACV_CHECK(rows >= 0 && C > 0, "rms_norm: bad sizes rows=" << rows << " C=" << C);
   MAMBACV_CHECK(gamma != nullptr, "rms_norm: gamma is null");
+  add_flops(static_cast<double>(rows * C) * 4.0);  // square+sum, normalise, scale
   const float inv_c = 1.0f / static_cast<float>(C);
   const int nt = num_threads();
 #pragma omp parallel for num_threads(nt) schedule(static) if (rows * C > detail::kParallelMinWork)
