@@ -13,14 +13,20 @@ namespace mambacv {
 namespace fs = std::filesystem;
 
 namespace {
+// Where named configs are looked up, in order: $MAMBACV_CONFIG_DIR; <prefix>/share/mambacv/configs next to the
+// running program (an installed, relocated tree: <prefix>/bin/mambacv); the source tree the library was built from
+// (a build-tree program); the configured install folder.
 std::vector<fs::path> config_dirs() {
   std::vector<fs::path> dirs;
   if (const char* e = std::getenv("MAMBACV_CONFIG_DIR")) dirs.emplace_back(e);
-#ifdef MAMBACV_INSTALL_CONFIG_DIR
-  dirs.emplace_back(MAMBACV_INSTALL_CONFIG_DIR);
-#endif
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) dirs.push_back(exe.parent_path().parent_path() / "share" / "mambacv" / "configs");
 #ifdef MAMBACV_CONFIG_DIR
   dirs.emplace_back(MAMBACV_CONFIG_DIR);
+#endif
+#ifdef MAMBACV_INSTALL_CONFIG_DIR
+  dirs.emplace_back(MAMBACV_INSTALL_CONFIG_DIR);
 #endif
   return dirs;
 }
