@@ -77,7 +77,7 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
       for (int64_t i = 0; i < n; ++i) d[i] = std::log(static_cast<float>(i % N + 1));
     } else if (ends(".D") || ends(".D_b") || ends(".Ds")) {
       t.fill(1.0f);
-    } else if (p.shape.size() == 1 && (s.find("norm") != std::string::npos) && ends(".weight")) {
+    } else if (p.shape.size() == 1 && ends(".weight")) {  // every 1-D weight of these models is a norm's scale
       t.fill(1.0f);
     } else if (ends("dt_proj.bias") || ends("dt_proj_b.bias") || ends("dt_projs_bias")) {
       // inverse softplus of dt spread log-uniformly over [1e-3, 1e-1], as upstream initialises
