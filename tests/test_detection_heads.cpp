@@ -77,14 +77,21 @@ TEST(DetectionHeads, Deconv2x2MatchesNaiveLoop) {
 }
 
 TEST(DetectionHeads, ConvSameMatchesNaiveLoop) {
-  for (int k : {1, 3}) {
-    OwnedConv c(9, 6, k, 20 + k);
-    Tensor x = random_tensor({2, 6, 7, 5}, 21);
-    for (bool relu : {false, true}) {
-      Tensor got = to_nchw(heads::conv_same_nhwc(to_nhwc(x), c.c, relu));
-      expect_close(got, heads::ref::conv_same_nchw(x, c.c, relu), 1e-5, "conv k" + std::to_string(k));
+  // shifted-GEMM path: batches (padding rows between images), 1-pixel maps, H != W, k = 1, 3, 5
+  for (auto [B, H, W] : std::vector<std::array<int64_t, 3>>{{2, 7, 5}, {3, 1, 1}, {1, 4, 9}, {4, 14, 14}})
+    for (int k : {1, 3, 5}) {
+      OwnedConv c(9, 6, k, 20 + k);
+      Tensor x = random_tensor({B, 6, H, W}, 21 + B);
+      for (bool relu : {false, true}) {
+        Tensor got = to_nchw(heads::conv_same_nhwc(to_nhwc(x), c.c, relu));
+        expect_close(got, heads::ref::conv_same_nchw(x, c.c, relu), 1e-5,
+                     "conv k" + std::to_string(k) + " " + shape_str(x.shape()));
+      }
     }
-  }
+  OwnedConv nob(5, 6, 3, 30, /*bias=*/false);
+  Tensor x = random_tensor({2, 6, 5, 4}, 31);
+  expect_close(to_nchw(heads::conv_same_nhwc(to_nhwc(x), nob.c, false)), heads::ref::conv_same_nchw(x, nob.c, false),
+               1e-5, "conv without bias");
 }
 
 TEST(DetectionHeads, NearestIndexIsPyTorchs) {

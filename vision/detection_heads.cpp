@@ -29,10 +29,51 @@ Tensor conv_same_nhwc(const Tensor& x, const ConvW& c, bool relu) {
   Tensor y = Tensor::empty({B, H, W, c.cout});
   if (c.k == 1) {  // a 1x1 convolution is a linear layer over pixels
     ops::gemm(B * H * W, c.cout, c.cin, x.f32(), c.cin, c.w, c.cin, /*trans_b=*/true, y.f32(), c.cout, c.b);
-  } else {
-    ops::conv2d_nhwc(x.f32(), B, H, W, c.cin, c.w, c.b, c.cout, c.k, c.k, 1, 1, c.k / 2, c.k / 2, y.f32());
+    if (relu) ops::relu_inplace(y.f32(), y.numel());
+    return y;
   }
-  if (relu) ops::relu_inplace(y.f32(), y.numel());
+  MAMBACV_CHECK(c.k % 2 == 1, "conv_same_nhwc: kernel size must be odd, got " << c.k);
+  // Shifted GEMMs instead of im2col: copy x into a zero-padded (B, Hp, Wp, Ci) buffer and compute the output on the
+  // "wide" grid of padded rows, wide[q] for q = (b * Hp + oy) * Wp + ox. Tap (i, j) of wide[q] reads
+  // padded[q + i * Wp + j], so each tap is ONE GEMM over all pixels with a constant row offset:
+  //   wide (Q, Co) += padded[off_ij : off_ij + Q] (Q, Ci) @ w[:, :, i, j]^T (Ci, Co).
+  // The wide grid's padding columns / rows are computed and dropped (about (k-1)/W + (k-1)/H extra work).
+  const int k = c.k, p = k / 2;
+  const int64_t Ci = c.cin, Co = c.cout, Hp = H + k - 1, Wp = W + k - 1;
+  const int64_t Q = ((B - 1) * Hp + H) * Wp;  // wide rows up to the last image's last valid output row
+  Tensor padded = Tensor::zeros({B * Hp * Wp + k, Ci});  // + k zero rows: the last taps read up to Q + (k-1)(Wp+1)
+  const float* xs = x.f32();
+  float* pd = padded.f32();
+#pragma omp parallel for
+  for (int64_t r = 0; r < B * H; ++r) {
+    const int64_t b = r / H, yy = r % H;
+    std::memcpy(pd + ((b * Hp + yy + p) * Wp + p) * Ci, xs + (b * H + yy) * W * Ci,
+                static_cast<size_t>(W * Ci) * sizeof(float));
+  }
+  std::vector<float> taps(static_cast<size_t>(k * k * Co * Ci));  // (k, k, Co, Ci)
+  for (int64_t co = 0; co < Co; ++co)
+    for (int64_t ci = 0; ci < Ci; ++ci)
+      for (int t = 0; t < k * k; ++t) taps[static_cast<size_t>((t * Co + co) * Ci + ci)] = c.w[(co * Ci + ci) * k * k + t];
+  Tensor wide = Tensor::empty({Q, Co});
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      const int t = i * k + j;
+      ops::gemm(Q, Co, Ci, pd + (i * Wp + j) * Ci, Ci, taps.data() + static_cast<size_t>(t) * Co * Ci, Ci,
+                /*trans_b=*/true, wide.f32(), Co, t == 0 ? c.b : nullptr, t == 0 ? 0.0f : 1.0f);
+    }
+  const float* wd = wide.f32();
+  float* yd = y.f32();
+#pragma omp parallel for
+  for (int64_t r = 0; r < B * H; ++r) {
+    const int64_t b = r / H, yy = r % H;
+    const float* src = wd + (b * Hp + yy) * Wp * Co;
+    float* dst = yd + r * W * Co;
+    if (relu) {
+      for (int64_t i = 0; i < W * Co; ++i) dst[i] = std::max(src[i], 0.0f);
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(W * Co) * sizeof(float));
+    }
+  }
   return y;
 }
 
