@@ -40,7 +40,8 @@ std::vector<nlohmann::json> json_lines(const std::string& out) {
 // stdout only (stderr discarded), for byte-exact comparisons
 std::string stdout_of(const std::string& cmd, int* rc) {
   std::string out;
-  *rc = run_command(cmd + " 2>/dev/null", &out);
+  // stderr (decoder warnings, progress) is dropped inside the group, so run_command's 2>&1 cannot bring it back
+  *rc = run_command("{ " + cmd + " 2>/dev/null; }", &out);
   return out;
 }
 

@@ -265,7 +265,9 @@ TEST(VMamba, ShippedConfigsBuildWithTheReleasedParameterCounts) {
       EXPECT_EQ(net->num_classes(), suffix.empty() ? 1000 : 0) << name;
       int64_t n = 0;
       for (const auto& p : net->param_specs()) n += shape_numel(p.shape);
-      if (suffix.empty()) EXPECT_NEAR(n / 1e6, params, 0.06) << name;
+      if (suffix.empty()) {
+        EXPECT_NEAR(n / 1e6, params, 0.06) << name;
+      }
     }
   }
   // a small released config runs end to end at an odd size

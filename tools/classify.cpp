@@ -121,8 +121,10 @@ int cmd_classify(const std::vector<std::string>& argv) {
       if (json) {
         nlohmann::ordered_json arr = nlohmann::ordered_json::array();
         for (auto [idx, p] : top) {
-          nlohmann::ordered_json e = {{"index", idx}, {"prob", p}};
+          nlohmann::ordered_json e;
+          e["index"] = idx;
           e["label"] = labels.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(labels[idx]);
+          e["prob"] = p;
           arr.push_back(e);
         }
         std::printf("%s\n", nlohmann::ordered_json({{"image", it.path}, {"top", arr}}).dump().c_str());
