@@ -63,3 +63,30 @@ TEST(Tensor, ConvertAndCompare) {
   EXPECT_FALSE(compare(back, t).finite);
   EXPECT_THROW(compare(back, Tensor::zeros({4})), Error);
 }
+
+#include "kernels/host_allocator.h"
+
+TEST(HostAllocator, ReusesLargeBlocksAndKeepsSmallOnesOut) {
+  host_cache_release();
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({1 << 18});  // 1 MiB: cached size class
+    first = a.raw();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
+  }
+  EXPECT_GE(host_cache_idle_bytes(), size_t{1} << 20);
+  {
+    Tensor b = Tensor::empty({(1 << 18) - 5});  // same size class -> the cached block
+    EXPECT_EQ(b.raw(), first);
+    Tensor c = Tensor::empty({1 << 18});         // the class's block is taken: a fresh one
+    EXPECT_NE(c.raw(), first);
+    b.fill(1.0f);
+    c.fill(2.0f);
+    EXPECT_EQ(b.f32()[0], 1.0f);
+  }
+  { Tensor small = Tensor::empty({16}); }
+  size_t idle = host_cache_idle_bytes();
+  host_cache_release();
+  EXPECT_GT(idle, 0u);
+  EXPECT_EQ(host_cache_idle_bytes(), 0u);
+}

@@ -1,6 +1,8 @@
 // Tensor storage, views and dtype conversion.
 #include "mambacv/tensor.h"
 
+#include "kernels/host_allocator.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -141,15 +143,6 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
-namespace {
-std::shared_ptr<void> alloc_bytes(size_t n) {
-  size_t rounded = ((n + 63) / 64) * 64;
-  if (rounded == 0) rounded = 64;
-  void* p = std::aligned_alloc(64, rounded);
-  MAMBACV_CHECK(p != nullptr, "out of memory allocating " << n << " bytes");
-  return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
-}
-}  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   MAMBACV_CHECK(device == Device::Cpu, "Tensor::empty: device " << device_name(device)
@@ -159,7 +152,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;
-  t.holder_ = alloc_bytes(t.nbytes());
+  t.holder_ = host_alloc(t.nbytes());
   t.data_ = t.holder_.get();
   return t;
 }
