@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mambacv builds against (Debian 12 or later). Run as root or with sudo available.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev)
+pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev
+      libopenblas-dev libopenblas0-openmp)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,9 +1,14 @@
-// kernels/cpu/ops_gemm.cpp - fp32 GEMM and Linear on top of Eigen's blocked, OpenMP-parallel product kernel.
+// kernels/cpu/ops_gemm.cpp - fp32 GEMM and Linear: OpenBLAS (OpenMP build) when the build found it, else Eigen's
+// blocked, OpenMP-parallel product kernel.
 // Row-major raw buffers are wrapped in Eigen::Map with an outer stride, so no copies are made; Eigen picks GEMV
 // for M == 1 or N == 1 and a coefficient-wise product for tiny shapes.
 // GCC 12 reports false -Wmaybe-uninitialized inside Eigen's AVX-512 packet code instantiated here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
+#include <algorithm>
+#ifdef MAMBACV_WITH_OPENBLAS
+#include <cblas.h>
+#endif
 
 #include "kernels/flops.h"
 #include "kernels/ops.h"
@@ -29,6 +34,30 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
   MAMBACV_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)), "gemm: null operand");
   add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
 
+#ifdef MAMBACV_WITH_OPENBLAS
+  if (K > 0) {
+    float b = beta;
+    if (bias) {  // C = bias (+ beta * C), then C += A op(B)
+      for (int64_t i = 0; i < M; ++i) {
+        float* row = C + i * ldc;
+        if (beta == 0.0f) {
+          std::copy(bias, bias + N, row);
+        } else {
+          for (int64_t j = 0; j < N; ++j) row[j] = beta * row[j] + bias[j];
+        }
+      }
+      b = 1.0f;
+    }
+    // cblas checks every leading dimension even where a single row makes it irrelevant
+    const int64_t lda_ = M == 1 ? std::max(lda, K) : lda;
+    const int64_t ldb_ = (trans_b ? N : K) <= 1 ? std::max(ldb, trans_b ? K : N) : ldb;
+    const int64_t ldc_ = M == 1 ? std::max(ldc, N) : ldc;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
+                static_cast<blasint>(N), static_cast<blasint>(K), 1.0f, A, static_cast<blasint>(lda_), B,
+                static_cast<blasint>(std::max<int64_t>(ldb_, 1)), b, C, static_cast<blasint>(ldc_));
+    return;
+  }
+#endif
   MutMap c(C, M, N, Eigen::OuterStride<>(ldc));
   // Initialise C with bias / beta * C, then accumulate the product into it.
   if (beta == 0.0f) {

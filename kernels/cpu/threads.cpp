@@ -7,6 +7,10 @@
 
 #include "kernels/ops.h"
 
+#ifdef MAMBACV_WITH_OPENBLAS
+extern "C" void openblas_set_num_threads(int);
+#endif
+
 namespace mambacv::ops {
 
 namespace {
@@ -20,12 +24,18 @@ void set_num_threads(int n) {
     g_threads.store(0);
     omp_set_num_threads(initial);
     Eigen::setNbThreads(0);  // 0: Eigen asks OpenMP (omp_get_max_threads)
+#ifdef MAMBACV_WITH_OPENBLAS
+    openblas_set_num_threads(initial);
+#endif
     return;
   }
   g_threads.store(n);
   // The OpenMP ICV is per calling thread; the stored value also reaches regions started from other threads.
   omp_set_num_threads(n);
   Eigen::setNbThreads(n);
+#ifdef MAMBACV_WITH_OPENBLAS
+  openblas_set_num_threads(n);
+#endif
 }
 
 int num_threads() {
