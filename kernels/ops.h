@@ -16,6 +16,12 @@ namespace mambacv::ops {
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, bool trans_b,
           float* C, int64_t ldc, const float* bias = nullptr, float beta = 0.0f);
 
+// The backends behind gemm (same contract): Eigen's product kernel (always compiled) and, when the build found it,
+// OpenBLAS's OpenMP build. gemm_backend() names the one gemm uses: "openblas" or "eigen".
+void gemm_eigen(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                bool trans_b, float* C, int64_t ldc, const float* bias = nullptr, float beta = 0.0f);
+const char* gemm_backend();
+
 // y (M, out) = x (M, in) @ W (out, in)^T + b (out) (b may be null)
 void linear(const float* x, int64_t M, int64_t in, const float* W, const float* b, int64_t out, float* y);
 

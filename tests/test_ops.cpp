@@ -50,10 +50,15 @@ struct GemmCase {
   int64_t M, N, K;
 };
 
+// Both GEMM backends: the one ops::gemm dispatches to (OpenBLAS when built with it) and the Eigen fallback.
 TEST(Ops, GemmMatchesReference) {
+  using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool, float*,
+                          int64_t, const float*, float);
+  const std::pair<const char*, GemmFn> backends[] = {{ops::gemm_backend(), &ops::gemm}, {"eigen", &ops::gemm_eigen}};
   const GemmCase cases[] = {{1, 1, 1},    {1, 17, 33},  {1, 1000, 192}, {3, 5, 7},     {16, 16, 16},
                             {17, 33, 15}, {64, 96, 48}, {197, 384, 192}, {130, 65, 100}, {2, 300, 1},
                             {300, 2, 45}, {33, 1, 17},  {256, 200, 257}};
+  for (const auto& [backend, fn] : backends)
   for (const GemmCase& gc : cases)
     for (bool trans_b : {true, false})
       for (bool with_bias : {false, true})
@@ -67,8 +72,7 @@ TEST(Ops, GemmMatchesReference) {
             Tensor C0 = rnd({M, ldc});
             Tensor C = C0.clone(), Cr = C0.clone();
             if (beta == 0.0f) C.fill(NAN);  // beta == 0 must overwrite, never read, C
-            ops::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, C.f32(), ldc, with_bias ? bias.f32() : nullptr,
-                      beta);
+            fn(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, C.f32(), ldc, with_bias ? bias.f32() : nullptr, beta);
             ops::ref::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, Cr.f32(), ldc,
                            with_bias ? bias.f32() : nullptr, beta);
             // compare the M x N window; the padding columns must be untouched
@@ -83,7 +87,7 @@ TEST(Ops, GemmMatchesReference) {
                 }
               }
             EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
-                << "M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b << " bias=" << with_bias
+                << backend << " M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b << " bias=" << with_bias
                 << " beta=" << beta << " pad=" << pad;
           }
 }

@@ -84,7 +84,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("model %s  device %s  dtype %s  core %s  threads %d  size %d  weights %s\n", name.c_str(),
                 device_name(opt.device), dtype_name(opt.dtype), core_name(opt.core), threads, size,
                 args.has("weights") ? args.get("weights").c_str() : "random");
-    std::printf("machine fp32 GEMM: %.1f GFLOP/s   model: %.3f GFLOP per image\n", gemm, gflop);
+    std::printf("machine fp32 GEMM: %.1f GFLOP/s (%s, 1024^3)   model: %.3f GFLOP per image\n", gemm,
+                ops::gemm_backend(), gflop);
     std::printf("%6s %10s %10s %10s %10s %10s %8s\n", "batch", "median_ms", "min_ms", "max_ms", "images/s",
                 "peak_MB", "of_peak");
   }
@@ -120,7 +121,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                           {"threads", threads},   {"median_ms", median},
                           {"min_ms", sorted.front()}, {"max_ms", sorted.back()},
                           {"images_per_s", ips},  {"peak_rss_mb", peak_rss_mb()},
-                          {"gemm_gflops", gemm},  {"model_gflop", gflop},
+                          {"gemm_gflops", gemm},  {"gemm_backend", ops::gemm_backend()},  {"model_gflop", gflop},
                           {"achieved_gflops", achieved}, {"peak_fraction", frac},
                           {"iters", iters},       {"warmup", warmup}};
       std::printf("%s\n", j.dump().c_str());

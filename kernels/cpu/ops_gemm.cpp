@@ -22,9 +22,9 @@ using ConstMap = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>
 using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 }  // namespace
 
-// C (M, N) = A (M, K) @ op(B) [+ bias (N)] [+ beta * C]; op(B) = B^T with B (N, K) when trans_b, else B (K, N).
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, bool trans_b,
-          float* C, int64_t ldc, const float* bias, float beta) {
+namespace {
+void check_gemm_args(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     bool trans_b, float* C, int64_t ldc) {
   MAMBACV_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=" << M << " N=" << N << " K=" << K);
   if (M == 0 || N == 0) return;
   // row strides matter only where there is more than one row
@@ -32,32 +32,14 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
                 "gemm: row strides too small: lda=" << lda << " (K=" << K << "), ldb=" << ldb << " (needs "
                                                     << (trans_b ? K : N) << "), ldc=" << ldc << " (N=" << N << ")");
   MAMBACV_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)), "gemm: null operand");
-  add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+}
+}  // namespace
 
-#ifdef MAMBACV_WITH_OPENBLAS
-  if (K > 0) {
-    float b = beta;
-    if (bias) {  // C = bias (+ beta * C), then C += A op(B)
-      for (int64_t i = 0; i < M; ++i) {
-        float* row = C + i * ldc;
-        if (beta == 0.0f) {
-          std::copy(bias, bias + N, row);
-        } else {
-          for (int64_t j = 0; j < N; ++j) row[j] = beta * row[j] + bias[j];
-        }
-      }
-      b = 1.0f;
-    }
-    // cblas checks every leading dimension even where a single row makes it irrelevant
-    const int64_t lda_ = M == 1 ? std::max(lda, K) : lda;
-    const int64_t ldb_ = (trans_b ? N : K) <= 1 ? std::max(ldb, trans_b ? K : N) : ldb;
-    const int64_t ldc_ = M == 1 ? std::max(ldc, N) : ldc;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
-                static_cast<blasint>(N), static_cast<blasint>(K), 1.0f, A, static_cast<blasint>(lda_), B,
-                static_cast<blasint>(std::max<int64_t>(ldb_, 1)), b, C, static_cast<blasint>(ldc_));
-    return;
-  }
-#endif
+// Eigen's product kernel: the fallback backend, always compiled and tested.
+void gemm_eigen(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                bool trans_b, float* C, int64_t ldc, const float* bias, float beta) {
+  check_gemm_args(M, N, K, A, lda, B, ldb, trans_b, C, ldc);
+  if (M == 0 || N == 0) return;
   MutMap c(C, M, N, Eigen::OuterStride<>(ldc));
   // Initialise C with bias / beta * C, then accumulate the product into it.
   if (beta == 0.0f) {
@@ -85,6 +67,54 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
   } else {
     c.noalias() += a * ConstMap(B, K, N, Eigen::OuterStride<>(ldb));
   }
+}
+
+#ifdef MAMBACV_WITH_OPENBLAS
+// OpenBLAS (its OpenMP build): C = bias (+ beta C) first, then one sgemm accumulating into it.
+void gemm_openblas(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                   bool trans_b, float* C, int64_t ldc, const float* bias, float beta) {
+  check_gemm_args(M, N, K, A, lda, B, ldb, trans_b, C, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return gemm_eigen(M, N, K, A, lda, B, ldb, trans_b, C, ldc, bias, beta);
+  float b = beta;
+  if (bias) {  // C = bias (+ beta * C), then C += A op(B)
+    for (int64_t i = 0; i < M; ++i) {
+      float* row = C + i * ldc;
+      if (beta == 0.0f) {
+        std::copy(bias, bias + N, row);
+      } else {
+        for (int64_t j = 0; j < N; ++j) row[j] = beta * row[j] + bias[j];
+      }
+    }
+    b = 1.0f;
+  }
+  // cblas checks every leading dimension even where a single row makes it irrelevant
+  const int64_t lda_ = M == 1 ? std::max(lda, K) : lda;
+  const int64_t ldb_ = (trans_b ? N : K) <= 1 ? std::max(ldb, trans_b ? K : N) : ldb;
+  const int64_t ldc_ = M == 1 ? std::max(ldc, N) : ldc;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
+              static_cast<blasint>(N), static_cast<blasint>(K), 1.0f, A, static_cast<blasint>(lda_), B,
+              static_cast<blasint>(std::max<int64_t>(ldb_, 1)), b, C, static_cast<blasint>(ldc_));
+}
+#endif
+
+const char* gemm_backend() {
+#ifdef MAMBACV_WITH_OPENBLAS
+  return "openblas";
+#else
+  return "eigen";
+#endif
+}
+
+// C (M, N) = A (M, K) @ op(B) [+ bias (N)] [+ beta * C]; op(B) = B^T with B (N, K) when trans_b, else B (K, N).
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, bool trans_b,
+          float* C, int64_t ldc, const float* bias, float beta) {
+  add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+#ifdef MAMBACV_WITH_OPENBLAS
+  gemm_openblas(M, N, K, A, lda, B, ldb, trans_b, C, ldc, bias, beta);
+#else
+  gemm_eigen(M, N, K, A, lda, B, ldb, trans_b, C, ldc, bias, beta);
+#endif
 }
 
 // y (M, out) = x (M, in) @ W (out, in)^T + b (out)
