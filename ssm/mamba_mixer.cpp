@@ -45,32 +45,30 @@ void bimamba_v2_forward(const float* h, int64_t B, int64_t T, const BiMambaWeigh
     ops::gemm(BT, E, R, xdbl[k].f32(), P, dw[k]->dt_proj_w, R, /*trans_b=*/true, delta[k].f32(), E);
   }
 
-  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]
+  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; scan inputs and the gate in the policy's dtype
+  // (core v0: fp32; core v1: the compute dtype)
+  const DType in_t = policy.scan_input_dtype();
+  auto as_in = [in_t](const Tensor& t) { return in_t == DType::F32 ? t : t.to(in_t); };
+  const size_t es = dtype_size(in_t);
+  auto at = [es](const Tensor& t, int64_t off) { return static_cast<const char*>(t.raw()) + off * es; };
+  const Tensor xz_s = as_in(xz);
   std::vector<int32_t> rev = reversed_order(T);
   Tensor y = Tensor::empty({B, T, E});
-  ScanParams p;
-  p.batch = B;
-  p.dim = E;
-  p.L = T;
-  p.N = N;
-  p.groups = 1;
-  p.delta_softplus = true;
-  p.out = y.f32();
-  p.osb = T * E;
-  p.osc = 1;
-  p.ost = E;
-  p.accumulate = false;
-  p.dir_round = policy.scan_direction_round();
+  ScanParams p = token_major_scan(B, E, T, N, y.f32(), policy.scan_direction_round());
+  Tensor u_s[2], delta_s[2], xdbl_s[2];
   for (int k = 0; k < 2; ++k) {
+    u_s[k] = as_in(u[k]);
+    delta_s[k] = as_in(delta[k]);
+    xdbl_s[k] = as_in(xdbl[k]);
     ScanDirection d;
-    d.u = {u[k].f32(), DType::F32, T * E, 1, E};
-    d.delta = {delta[k].f32(), DType::F32, T * E, 1, E};
-    d.B = {xdbl[k].f32() + R, DType::F32, T * P, 0, 1, P};
-    d.C = {xdbl[k].f32() + R + N, DType::F32, T * P, 0, 1, P};
+    d.u = token_major(u_s[k].raw(), in_t, T, E);
+    d.delta = token_major(delta_s[k].raw(), in_t, T, E);
+    d.B = token_major_bc(at(xdbl_s[k], R), in_t, T, P);
+    d.C = token_major_bc(at(xdbl_s[k], R + N), in_t, T, P);
     d.A = dw[k]->A.f32();
     d.D = dw[k]->D;
     d.delta_bias = dw[k]->dt_proj_b;
-    d.z = {xz.f32() + E, DType::F32, T * 2 * E, 1, 2 * E};
+    d.z = token_major(at(xz_s, E), in_t, T, 2 * E);
     d.order = k == 1 ? rev.data() : nullptr;
     d.out_scale = w.divide_out ? 0.5f : 1.0f;
     p.dirs.push_back(d);

@@ -118,25 +118,13 @@ void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWei
 
   // y (B, L, Dd) = the four directions merged (fp32), with the D skip (sum of the four Ds) once
   Tensor y = Tensor::empty({B, L, Dd});
-  ScanParams p;
-  p.batch = B;
-  p.dim = Dd;
-  p.L = L;
-  p.N = N;
-  p.groups = 1;
-  p.delta_softplus = true;
-  p.out = y.f32();
-  p.osb = L * Dd;
-  p.osc = 1;
-  p.ost = Dd;
-  p.accumulate = false;
-  p.dir_round = policy.scan_direction_round();
+  ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.scan_direction_round());
   for (int64_t k = 0; k < K; ++k) {
     ScanDirection d;
-    d.u = {u_s.raw(), in_t, L * Dd, 1, Dd};
-    d.delta = {at(delta_s, k * Dd), in_t, L * K * Dd, 1, K * Dd};
-    d.B = {at(xdbl_s, k * P + R), in_t, L * K * P, 0, 1, K * P};
-    d.C = {at(xdbl_s, k * P + R + N), in_t, L * K * P, 0, 1, K * P};
+    d.u = token_major(u_s.raw(), in_t, L, Dd);
+    d.delta = token_major(at(delta_s, k * Dd), in_t, L, K * Dd);
+    d.B = token_major_bc(at(xdbl_s, k * P + R), in_t, L, K * P);
+    d.C = token_major_bc(at(xdbl_s, k * P + R + N), in_t, L, K * P);
     d.A = w.A.f32() + k * Dd * N;
     d.D = k == 0 ? w.D_sum.f32() : nullptr;
     d.delta_bias = w.dt_proj_b + k * Dd;

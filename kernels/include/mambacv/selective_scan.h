@@ -69,6 +69,33 @@ struct ScanParams {
   DType dir_round = DType::F32;
 };
 
+// Token-major operands, the layout the models use: element (b, c, t) of a (B, L, row) buffer at
+// p[b*L*row + t*row + c] (channel c of token t; `row` >= the channels used, e.g. a slice of a wider projection).
+inline ScanOperand token_major(const void* p, DType dtype, int64_t L, int64_t row) {
+  return {p, dtype, L * row, 1, row};
+}
+// B or C with one group read from a token-major buffer: element (b, 0, n, t) at p[b*L*row + t*row + n].
+inline ScanBCOperand token_major_bc(const void* p, DType dtype, int64_t L, int64_t row) {
+  return {p, dtype, L * row, 0, 1, row};
+}
+// Parameters for a merged, overwritten, token-major fp32 output out (B, L, dim); directions are added by the caller.
+inline ScanParams token_major_scan(int64_t batch, int64_t dim, int64_t L, int64_t N, float* out, DType dir_round) {
+  ScanParams p;
+  p.batch = batch;
+  p.dim = dim;
+  p.L = L;
+  p.N = N;
+  p.groups = 1;
+  p.delta_softplus = true;
+  p.out = out;
+  p.osb = L * dim;
+  p.osc = 1;
+  p.ost = dim;
+  p.accumulate = false;
+  p.dir_round = dir_round;
+  return p;
+}
+
 // Throws Error if the parameters are inconsistent (null operands, dim % groups, ...).
 void validate_scan_params(const ScanParams& p);
 
