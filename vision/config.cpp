@@ -90,9 +90,11 @@ std::vector<std::string> load_labels(const ModelConfig& cfg, int num_classes) {
     auto l = read_label_file(cfg.labels);
     if (static_cast<int>(l.size()) == num_classes) return l;
   }
-  if (num_classes == 1000) {
+  // the shipped lists of the two datasets the released models are trained on
+  const char* fallback = num_classes == 1000 ? "imagenet1k_labels.txt" : num_classes == 80 ? "coco80_labels.txt" : nullptr;
+  if (fallback) {
     for (const auto& d : config_dirs()) {
-      fs::path p = d / "imagenet1k_labels.txt";
+      fs::path p = d / fallback;
       if (fs::is_regular_file(p, ec)) return read_label_file(p.string());
     }
   }

@@ -47,7 +47,8 @@ ModelConfig load_model_config(const std::string& name_or_path);
 // Names of the shipped configs.
 std::vector<std::string> list_model_configs();
 // Class names for a model with `num_classes` outputs: the config's label file when it has exactly that many
-// lines, else the shipped ImageNet-1k list when num_classes is 1000, else empty (callers print indices).
+// lines, else the shipped ImageNet-1k list when num_classes is 1000 or the COCO list when it is 80, else empty
+// (callers print indices).
 std::vector<std::string> load_labels(const ModelConfig& config, int num_classes);
 // Reads a label file (one name per line). Throws Error naming the file.
 std::vector<std::string> read_label_file(const std::string& path);
