@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "mambacv/mambacv.h"
 #include "test_util.h"
@@ -106,6 +107,23 @@ TEST(VMamba, FeaturesAreNchwStageMaps) {
     expect_close(f.at(s), golden.at(s), 1e-4, "backbone " + s);
   }
   EXPECT_THROW(bb.classify(golden.at("input").to(DType::F32)), Error);
+}
+
+TEST(VMamba, ConcurrentFeatureCallsOnOneModel) {
+  // one loaded backbone serving several threads: every thread gets the golden features
+  Model bb = load_fixture("vmamba_backbone_mini");
+  const TensorMap golden = fixture_golden("vmamba_backbone_mini");
+  const Tensor x = golden.at("input").to(DType::F32);
+  std::vector<std::map<std::string, Tensor>> results(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < results.size(); ++i) threads.emplace_back([&, i] { results[i] = bb.features(x); });
+  for (auto& t : threads) t.join();
+  for (const auto& r : results)
+    for (int i = 0; i < 4; ++i) {
+      const std::string s = "features." + std::to_string(i);
+      ASSERT_TRUE(r.count(s)) << s;
+      expect_close(r.at(s), golden.at(s), 1e-4, "concurrent " + s);
+    }
 }
 
 TEST(VMamba, BatchItemsAreIndependent) {
