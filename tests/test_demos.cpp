@@ -334,3 +334,36 @@ TEST(DemoVideo, BadInputsGiveOneLineErrors) {
   EXPECT_NE(run_command(kVideo + model_args() + " --input x.avi --every 0", &out), 0);
   EXPECT_NE(out.find("--every"), std::string::npos) << out;
 }
+
+#ifdef MAMBACV_DEMO_DETECT
+TEST(DemoDetect, DrawsDetectionsForAFolderAndReportsBrokenImages) {
+  const std::string dir = mambacv::test::temp_dir("demo_detect");
+  const fs::path in = fs::path(dir) / "in", out_dir = fs::path(dir) / "out";
+  fs::create_directories(in);
+  fs::copy_file(fixture("images/coffee_small.jpg"), in / "coffee_small.jpg");
+  fs::copy_file(fixture("images/chelsea.png"), in / "chelsea.png");
+  {
+    std::ofstream broken(in / "broken.png");
+    broken << "not a png";
+  }
+  std::string out;
+  const int rc = run_command(std::string(MAMBACV_DEMO_DETECT) + " " + q(fixture("det/maskrcnn_vmamba_mini.json")) +
+                                 " " + q(fixture("det/maskrcnn_vmamba_mini.weights.safetensors")) + " " +
+                                 q(in.string()) + " " + q(out_dir.string()) + " 0.3",
+                             &out);
+  EXPECT_EQ(rc, 1) << out;  // the broken image fails, the others are drawn
+  EXPECT_NE(out.find("broken.png"), std::string::npos) << out;
+  EXPECT_NE(out.find("3 image(s), 1 failed"), std::string::npos) << out;
+  bool any_drawn = false;
+  for (const char* name : {"coffee_small", "chelsea"}) {
+    const fs::path src = in / (std::string(name) + (std::string(name) == "chelsea" ? ".png" : ".jpg"));
+    const fs::path dst = out_dir / (std::string(name) + "_det.jpg");
+    ASSERT_TRUE(fs::exists(dst)) << dst << "\n" << out;
+    const cv::Mat a = cv::imread(src.string()), b = cv::imread(dst.string());
+    ASSERT_FALSE(b.empty()) << dst;
+    EXPECT_EQ(a.size(), b.size()) << name;
+    any_drawn = any_drawn || cv::norm(a, b, cv::NORM_L1) / static_cast<double>(a.total()) > 1.0;
+  }
+  EXPECT_TRUE(any_drawn) << "no boxes were drawn on either image\n" << out;
+}
+#endif
