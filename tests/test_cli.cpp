@@ -16,26 +16,18 @@
 namespace fs = std::filesystem;
 using mambacv::test::cli_path;
 using mambacv::test::fixture;
+using mambacv::test::json_lines;
+using mambacv::test::q;
 using mambacv::test::run_command;
 using mambacv::test::temp_dir;
 
 namespace {
 
-std::string q(const std::string& s) { return "'" + s + "'"; }
 std::string model_args() {
   return " --model " + q(fixture("vim_mini.json")) + " --weights " + q(fixture("vim_mini.weights.safetensors"));
 }
 std::string cli(const std::string& args) { return q(cli_path()) + " " + args; }
 
-// The JSON objects among the output lines (stderr warnings such as libpng's are skipped).
-std::vector<nlohmann::json> json_lines(const std::string& out) {
-  std::vector<nlohmann::json> v;
-  std::istringstream is(out);
-  std::string line;
-  while (std::getline(is, line))
-    if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
-  return v;
-}
 
 // stdout only (stderr discarded), for byte-exact comparisons
 std::string stdout_of(const std::string& cmd, int* rc) {

@@ -16,6 +16,8 @@
 
 namespace fs = std::filesystem;
 using mambacv::test::fixture;
+using mambacv::test::json_lines;
+using mambacv::test::q;
 using mambacv::test::run_command;
 using mambacv::test::temp_dir;
 
@@ -30,19 +32,10 @@ const std::string kRetrieval, kVideo;
 #define SKIP_WITHOUT_DEMOS() GTEST_SKIP() << "the demo programs are not part of this build (no demo/CMakeLists.txt)"
 #endif
 
-std::string q(const std::string& s) { return "'" + s + "'"; }
 std::string model_args() {
   return " --model " + q(fixture("vim_mini.json")) + " --weights " + q(fixture("vim_mini.weights.safetensors"));
 }
 
-std::vector<nlohmann::json> json_lines(const std::string& out) {
-  std::vector<nlohmann::json> v;
-  std::istringstream is(out);
-  std::string line;
-  while (std::getline(is, line))
-    if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
-  return v;
-}
 
 std::string name_of(const nlohmann::json& j, const char* key) { return fs::path(j[key].get<std::string>()).filename(); }
 

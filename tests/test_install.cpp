@@ -12,10 +12,11 @@
 
 namespace fs = std::filesystem;
 using mambacv::test::fixture;
+using mambacv::test::json_lines;
+using mambacv::test::q;
 using mambacv::test::run_command;
 
 namespace {
-std::string q(const std::string& s) { return "'" + s + "'"; }
 
 std::string read_file(const fs::path& p) {
   std::ifstream f(p);

@@ -449,7 +449,9 @@ TEST(Preprocess, MatchesTorchvisionGolden) {
     EXPECT_GE(within1 / n, 0.99) << name;
     EXPECT_LE(worst_levels, 3.0 + 1e-3) << name;
     // PNG decoding is lossless, so only the resampler is compared: it reproduces PIL bit for bit
-    if (std::string(name).find(".png") != std::string::npos) EXPECT_GE(exact / n, 0.999) << name;
+    if (std::string(name).find(".png") != std::string::npos) {
+      EXPECT_GE(exact / n, 0.999) << name;
+    }
     ++checked;
   }
   EXPECT_EQ(checked, 4);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <sstream>
 #include <sys/wait.h>
 
 namespace mambacv::test {
@@ -32,6 +33,17 @@ int run_command(const std::string& cmd, std::string* output) {
   int st = pclose(f);
   if (output) *output = out;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> v;
+  std::istringstream is(out);
+  std::string line;
+  while (std::getline(is, line))
+    if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
+  return v;
 }
 
 Tensor random_tensor(const Shape& shape, uint64_t seed, float lo, float hi) {

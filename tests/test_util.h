@@ -1,7 +1,9 @@
 // Helpers shared by the test programs.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "mambacv/tensor.h"
 
@@ -18,6 +20,10 @@ std::string temp_dir(const std::string& tag);
 std::string cli_path();
 // Runs a shell command, returns its exit status; stdout+stderr captured into *output when given.
 int run_command(const std::string& cmd, std::string* output = nullptr);
+// A path or argument quoted for the shell ('...').
+std::string q(const std::string& s);
+// The JSON objects among a command's output lines (other lines, e.g. decoder warnings, are skipped).
+std::vector<nlohmann::json> json_lines(const std::string& out);
 // Deterministic pseudo-random f32 tensor in [lo, hi).
 Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
 

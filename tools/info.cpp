@@ -35,8 +35,9 @@ int cmd_info(const std::vector<std::string>& argv) {
               model.num_parameters() / 1e6);
   std::printf("classes     %d\n", model.num_classes());
   std::printf("input       (1, 3, %d, %d)\n", size, size);
-  std::printf("FLOPs       %.3f GFLOP per image at %dx%d (%.3f G multiply-adds)\n",
-              model.flops_per_image(size, size) / 1e9, size, size, model.flops_per_image(size, size) / 2e9);
+  const double flops = model.flops_per_image(size, size);
+  std::printf("FLOPs       %.3f GFLOP per image at %dx%d (%.3f G multiply-adds)\n", flops / 1e9, size, size,
+              flops / 2e9);
   Tensor x = Tensor::zeros({1, 3, size, size});
   auto outs = model.forward_all(x);
   std::printf("outputs:\n");
