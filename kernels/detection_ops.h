@@ -11,7 +11,7 @@
 //   device to `<op>_cpu` (here) or, later, `<op>_cuda` (kernels/cuda/det_*.cu, same signature). Today a CUDA
 //   tensor is rejected with an Error that says to copy the tensor to the host. `<op>_cpu` assume checked arguments.
 // - Errors are mambacv::Error naming the op and argument with the expected and the found value.
-// - Ops keep no state and may be called from several threads at once; roi_align parallelises over RoIs (OpenMP).
+// - Ops keep no state and may be called from several threads at once; roi_align parallelises over RoIs (ctx.threads).
 #pragma once
 
 #include <array>
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/context.h"
 #include "mambacv/tensor.h"
 
 namespace mambacv::det {
@@ -75,9 +76,9 @@ Tensor batched_nms_cpu(const Tensor& boxes, const Tensor& scores, const Tensor& 
 // sample y = start_y + ph * bin_h + (iy + 0.5) * bin_h / gh (x alike); bilinear value: 0 if y < -1 || y > H ||
 // x < -1 || x > W, else coordinates clamped to [0, H-1] x [0, W-1] (a sample in (-1, 0] reads row 0);
 // output = sum of samples / max(gh * gw, 1). RoIs may lie partly or wholly outside the map.
-Tensor roi_align(const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
-                 int sampling_ratio = 0, bool aligned = true);
-Tensor roi_align_cpu(const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
+Tensor roi_align(const ExecContext& ctx, const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h,
+                 int64_t out_w, int sampling_ratio = 0, bool aligned = true);
+Tensor roi_align_cpu(const ExecContext& ctx, const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
                      int sampling_ratio, bool aligned);
 
 // FPN level of each roi (mmdet single_level_roi_extractor.py: SingleRoIExtractor.map_roi_levels):
@@ -86,8 +87,8 @@ Tensor map_roi_levels(const Tensor& rois, float finest_scale = 56.0f, int num_le
 
 // SingleRoIExtractor.forward for one image: feats[l] (C, H_l, W_l) with strides[l] (spatial_scale 1/stride);
 // each roi is pooled from the level map_roi_levels gives it -> (n, C, out_h, out_w).
-Tensor multilevel_roi_align(const std::vector<Tensor>& feats, const std::vector<float>& strides, const Tensor& rois,
-                            int64_t out_h, int64_t out_w, int sampling_ratio = 0, float finest_scale = 56.0f,
+Tensor multilevel_roi_align(const ExecContext& ctx, const std::vector<Tensor>& feats, const std::vector<float>& strides,
+                            const Tensor& rois, int64_t out_h, int64_t out_w, int sampling_ratio = 0, float finest_scale = 56.0f,
                             bool aligned = true);
 
 // ---- mask pasting (mmdet/models/roi_heads/mask_heads/fcn_mask_head.py: _do_paste_mask, CPU path) ---------------

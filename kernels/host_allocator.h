@@ -3,19 +3,52 @@
 // A forward pass allocates the same large temporaries on every call; handing them back to the OS and faulting
 // fresh zeroed pages in again cost ~10-25% of a CPU forward. Blocks of at least kMinCachedBytes are therefore kept
 // on free lists by size class (classes 1/8 of a power of two apart, so at most 12.5% is wasted) and reused, up to a
-// cap on the bytes held idle (MAMBACV_HOST_CACHE_MB, default 1024; 0 disables the cache). Thread-safe.
+// bound on the bytes held idle. Each HostAllocator has its own cache and bound (set_idle_limit); the process default
+// one (default_host_allocator(), used by Tensor::empty) starts at MAMBACV_HOST_CACHE_MB (default 1024; 0 disables).
+// Thread-safe. A block keeps its allocator alive, so tensors may outlive the model that made them.
 #pragma once
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 namespace mambacv {
 
-// An owning pointer to at least n bytes, 64-byte aligned; the block returns to the cache when the last owner drops.
+class HostAllocator : public std::enable_shared_from_this<HostAllocator> {
+ public:
+  static constexpr size_t kMinCachedBytes = 256 * 1024;
+  explicit HostAllocator(size_t idle_limit_bytes);
+  ~HostAllocator();
+  HostAllocator(const HostAllocator&) = delete;
+  HostAllocator& operator=(const HostAllocator&) = delete;
+
+  // An owning pointer to at least n bytes, 64-byte aligned; the block returns to this cache when the last owner
+  // drops it (or is freed when the cache is full).
+  std::shared_ptr<void> alloc(size_t n);
+  // Bound on idle cached bytes; lowering it frees idle blocks down to the new bound at once.
+  void set_idle_limit(size_t bytes);
+  size_t idle_limit() const;
+  size_t idle_bytes() const;
+  void release();  // frees every idle block
+
+ private:
+  void* take(size_t cls);
+  bool give(void* p, size_t cls);
+  void trim_locked(size_t limit);
+  mutable std::mutex m_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t idle_ = 0;
+  size_t limit_ = 0;
+};
+
+// The process-wide default allocator (never destroyed).
+const std::shared_ptr<HostAllocator>& default_host_allocator();
+
+// Shorthands on the default allocator.
 std::shared_ptr<void> host_alloc(size_t n);
-// Frees every idle cached block (e.g. after a large one-off job).
 void host_cache_release();
-// Bytes currently held idle by the cache.
 size_t host_cache_idle_bytes();
 
 }  // namespace mambacv

@@ -1,48 +1,48 @@
 #include "ssm/mamba_mixer.h"
 
-#include <algorithm>
+#include <cmath>
 
-#include "kernels/ops.h"
-#include <algorithm>
-
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 
 namespace mambacv::ssm {
 
 std::vector<int32_t> reversed_order(int64_t L) {
   std::vector<int32_t> o(static_cast<size_t>(L));
-  for (int64_t l = 0; l < L; ++l) o[l] = static_cast<int32_t>(L - 1 - l);
+  for (int64_t l = 0; l < L; ++l) o[static_cast<size_t>(l)] = static_cast<int32_t>(L - 1 - l);
   return o;
 }
 
-void bimamba_v2_forward(const float* h, int64_t B, int64_t T, const BiMambaWeights& w, const detail::Policy& policy,
-                        float* out) {
-  const int64_t D = w.d_model, E = w.d_inner, N = w.d_state, R = w.dt_rank;
-  const int64_t BT = B * T, P = R + 2 * N;
+void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w) {
+  d.A = Tensor::empty(A_log.shape());
+  for (int64_t j = 0; j < A_log.numel(); ++j) d.A.f32()[j] = -std::exp(A_log.f32()[j]);
+  const int64_t E = dt_proj_w.dim(0), R = dt_proj_w.dim(1);
+  d.dt_proj_t = Tensor::empty({1, R, E});
+  for (int64_t c = 0; c < E; ++c)
+    for (int64_t r = 0; r < R; ++r) d.dt_proj_t.f32()[r * E + c] = dt_proj_w.f32()[c * R + r];
+}
+
+Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMambaWeights& w,
+                          const detail::Policy& policy) {
+  const int64_t B = h.dim(0), T = h.dim(1), D = w.d_model, E = w.d_inner, N = w.d_state, R = w.dt_rank;
+  const int64_t P = R + 2 * N;
+  MAMBACV_CHECK(h.ndim() == 3 && h.dim(2) == D, "mamba mixer: expected (B, T, " << D << "), got " << h.str());
 
   // xz (B, T, 2E) = in_proj(h): x = channels [0, E), z = channels [E, 2E)
-  Tensor xz = Tensor::empty({B, T, 2 * E});
-  ops::linear(h, BT, D, w.in_proj, nullptr, 2 * E, xz.f32());
+  Tensor xz = ctx.empty({B, T, 2 * E});
+  ops::linear(ctx, h, w.in_proj, xz);
+  // x (B, T, E): the x half of xz, gathered once and shared by both directions' convs
+  const Tensor x = ops::take_columns(ctx, xz, 0, E);
 
   // per direction: u (B, T, E) = silu(conv(x)), x_dbl (B, T, R+2N) = x_proj(u), delta (B, T, E) = dt_proj.W @ dt
   Tensor u[2], xdbl[2], delta[2];
   const MambaDirectionWeights* dw[2] = {&w.fwd, &w.bwd};
-  // x (B, T, E): the x half of xz, gathered once and shared by both directions' convs
-  Tensor x = Tensor::empty({B, T, E});
-  {
-    const float* src = xz.f32();
-    float* dst = x.f32();
-#pragma omp parallel for
-    for (int64_t r = 0; r < BT; ++r) std::copy(src + r * 2 * E, src + r * 2 * E + E, dst + r * E);
-  }
   for (int k = 0; k < 2; ++k) {
-    u[k] = Tensor::empty({B, T, E});
-    ops::conv1d_depthwise_tokens(x.f32(), B, T, E, dw[k]->conv_w, dw[k]->conv_b, static_cast<int>(w.d_conv),
-                                 /*reverse=*/k == 1, /*silu=*/true, u[k].f32());
-    xdbl[k] = Tensor::empty({B, T, P});
-    ops::linear(u[k].f32(), BT, E, dw[k]->x_proj, nullptr, P, xdbl[k].f32());
-    delta[k] = Tensor::empty({B, T, E});
-    ops::gemm(BT, E, R, xdbl[k].f32(), P, dw[k]->dt_proj_w, R, /*trans_b=*/true, delta[k].f32(), E);
+    u[k] = ctx.empty({B, T, E});
+    ops::conv1d_tokens(ctx, x, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);
+    xdbl[k] = ctx.empty({B, T, P});
+    ops::linear(ctx, u[k], dw[k]->x_proj, xdbl[k]);
+    delta[k] = ctx.empty({B, T, E});
+    ops::dt_projection(ctx, xdbl[k], 1, P, R, dw[k]->dt_proj_t, delta[k]);
   }
 
   // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; scan inputs and the gate in the policy's dtype
@@ -52,8 +52,8 @@ void bimamba_v2_forward(const float* h, int64_t B, int64_t T, const BiMambaWeigh
   const size_t es = dtype_size(in_t);
   auto at = [es](const Tensor& t, int64_t off) { return static_cast<const char*>(t.raw()) + off * es; };
   const Tensor xz_s = as_in(xz);
-  std::vector<int32_t> rev = reversed_order(T);
-  Tensor y = Tensor::empty({B, T, E});
+  const std::vector<int32_t> rev = reversed_order(T);
+  Tensor y = ctx.empty({B, T, E});
   ScanParams p = token_major_scan(B, E, T, N, y.f32(), policy.scan_direction_round());
   Tensor u_s[2], delta_s[2], xdbl_s[2];
   for (int k = 0; k < 2; ++k) {
@@ -66,17 +66,19 @@ void bimamba_v2_forward(const float* h, int64_t B, int64_t T, const BiMambaWeigh
     d.B = token_major_bc(at(xdbl_s[k], R), in_t, T, P);
     d.C = token_major_bc(at(xdbl_s[k], R + N), in_t, T, P);
     d.A = dw[k]->A.f32();
-    d.D = dw[k]->D;
-    d.delta_bias = dw[k]->dt_proj_b;
+    d.D = dw[k]->D.f32();
+    d.delta_bias = dw[k]->dt_proj_b.f32();
     d.z = token_major(at(xz_s, E), in_t, T, 2 * E);
     d.order = k == 1 ? rev.data() : nullptr;
     d.out_scale = w.divide_out ? 0.5f : 1.0f;
     p.dirs.push_back(d);
   }
-  selective_scan(p);
+  selective_scan(ctx, p);
 
   // out (B, T, D) = out_proj(y)
-  ops::linear(y.f32(), BT, E, w.out_proj, nullptr, D, out);
+  Tensor out = ctx.empty({B, T, D});
+  ops::linear(ctx, y, w.out_proj, out);
+  return out;
 }
 
 }  // namespace mambacv::ssm

@@ -8,32 +8,36 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/context.h"
+#include "kernels/ops.h"
 #include "mambacv/tensor.h"
 #include "ssm/precision.h"
 
 namespace mambacv::ssm {
 
 struct MambaDirectionWeights {
-  const float* conv_w = nullptr;     // (E, 1, K)
-  const float* conv_b = nullptr;     // (E)
-  const float* x_proj = nullptr;     // (R + 2N, E)
-  const float* dt_proj_w = nullptr;  // (E, R)
-  const float* dt_proj_b = nullptr;  // (E)
-  Tensor A;                          // (E, N) = -exp(A_log), precomputed at bind time
-  const float* D = nullptr;          // (E)
+  ops::DepthwiseWeight conv;  // conv1d (E, 1, K) + bias (E)
+  ops::PackedWeight x_proj;   // (R + 2N, E)
+  Tensor dt_proj_t;           // (1, R, E): dt_proj.weight (E, R) transposed, for ops::dt_projection
+  Tensor dt_proj_b;           // (E)
+  Tensor A;                   // (E, N) = -exp(A_log), precomputed at bind time
+  Tensor D;                   // (E)
 };
 
 struct BiMambaWeights {
   int64_t d_model = 0, d_inner = 0, d_state = 0, dt_rank = 0, d_conv = 4;
-  bool divide_out = true;            // (y_f + y_b) / 2
-  const float* in_proj = nullptr;    // (2E, D), no bias
-  const float* out_proj = nullptr;   // (D, E), no bias
+  bool divide_out = true;     // (y_f + y_b) / 2
+  ops::PackedWeight in_proj;  // (2E, D), no bias
+  ops::PackedWeight out_proj; // (D, E), no bias
   MambaDirectionWeights fwd, bwd;
 };
 
-// h (B, T, D) -> out (B, T, D). Allocates its own workspace; safe to call from several threads.
-void bimamba_v2_forward(const float* h, int64_t B, int64_t T, const BiMambaWeights& w, const detail::Policy& policy,
-                        float* out);
+// Fills a direction's prepared tensors from the checkpoint's: A_log (E, N), dt_proj.weight (E, R).
+void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w);
+
+// h (B, T, D) -> (B, T, D). Workspace from ctx; safe to call from several threads.
+Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMambaWeights& w,
+                          const detail::Policy& policy);
 
 // The reverse order 0..L-1 -> L-1-l.
 std::vector<int32_t> reversed_order(int64_t L);

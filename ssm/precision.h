@@ -8,7 +8,8 @@
 // In fp32 both policies are the identity and differ only by summation order.
 #pragma once
 
-#include "mambacv/mambacv.h"
+#include "mambacv/dtype.h"
+#include "mambacv/scan_core.h"
 
 namespace mambacv::detail {
 
@@ -23,9 +24,5 @@ struct Policy {
   // whether out_norm's output is rounded to the compute dtype before the gate
   bool round_norm_before_gate() const { return core == Core::V1 && compute != DType::F32; }
 };
-
-// Validates that this build can run `opt` (device, dtype) and returns the policy for it. Throws Error naming the
-// option that cannot be honoured yet.
-Policy make_policy(const Options& opt);
 
 }  // namespace mambacv::detail

@@ -1,10 +1,11 @@
 // ssm/ss2d.cpp - the fused SS2D forward (see ss2d.h for the maths and the upstream functions it mirrors).
 #include "ssm/ss2d.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/ops.h"
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 
 namespace mambacv::ssm {
 
@@ -30,20 +31,40 @@ SS2DForwardType parse_ss2d_forward_type(const std::string& s, const std::string&
   return t;
 }
 
-void ss2d_prepare(SS2DWeights& w, const float* A_logs) {
-  const int64_t K = kSS2DDirections, Dd = w.d_inner, N = w.d_state;
-  const int64_t R = w.dt_rank;
-  MAMBACV_CHECK(Dd > 0 && N > 0 && R > 0 && A_logs && w.Ds && w.dt_proj_w,
-                "ss2d_prepare: sizes, A_logs, Ds and dt_proj_w must be set first");
+SS2DWeights ss2d_prepare(const SS2DParams& p) {
+  const int64_t K = kSS2DDirections, C = p.d_model, Dd = p.d_inner, N = p.d_state, R = p.dt_rank;
+  const int64_t P = R + 2 * N;
+  MAMBACV_CHECK(C > 0 && Dd > 0 && N > 0 && R > 0 && p.in_proj && p.x_proj && p.A_logs && p.Ds && p.dt_proj_w &&
+                    p.dt_proj_b && p.out_norm_w && p.out_norm_b && p.out_proj && (p.d_conv <= 1 || p.conv_w),
+                "ss2d_prepare: sizes and every weight must be set");
+  SS2DWeights w;
+  w.d_model = C, w.d_inner = Dd, w.d_state = N, w.dt_rank = R, w.d_conv = p.d_conv, w.with_z = p.with_z;
+  w.out_norm_eps = p.out_norm_eps;
+  w.in_x = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.in_proj), {Dd, C}, DType::F32));
+  if (p.with_z) w.in_z = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.in_proj + Dd * C), {Dd, C}, DType::F32));
+  if (p.d_conv > 1) {
+    Tensor cw = Tensor::view_of(const_cast<float*>(p.conv_w), {Dd, 1, p.d_conv, p.d_conv}, DType::F32);
+    Tensor cb = p.conv_b ? Tensor::view_of(const_cast<float*>(p.conv_b), {Dd}, DType::F32) : Tensor();
+    w.conv = ops::prepare_depthwise(cw, cb);
+  }
+  w.x_proj = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.x_proj), {K * P, Dd}, DType::F32));
   w.A = Tensor::empty({K * Dd, N});
-  for (int64_t i = 0; i < K * Dd * N; ++i) w.A.f32()[i] = -std::exp(A_logs[i]);
+  for (int64_t i = 0; i < K * Dd * N; ++i) w.A.f32()[i] = -std::exp(p.A_logs[i]);
   w.D_sum = Tensor::zeros({Dd});
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += w.Ds[k * Dd + c];
+    for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += p.Ds[k * Dd + c];
   w.dt_proj_t = Tensor::empty({K, R, Dd});
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Dd; ++c)
-      for (int64_t r = 0; r < R; ++r) w.dt_proj_t.f32()[(k * R + r) * Dd + c] = w.dt_proj_w[(k * Dd + c) * R + r];
+      for (int64_t r = 0; r < R; ++r) w.dt_proj_t.f32()[(k * R + r) * Dd + c] = p.dt_proj_w[(k * Dd + c) * R + r];
+  w.dt_proj_b = Tensor::empty({K * Dd});
+  std::copy(p.dt_proj_b, p.dt_proj_b + K * Dd, w.dt_proj_b.f32());
+  w.out_norm_w = Tensor::empty({Dd});
+  w.out_norm_b = Tensor::empty({Dd});
+  std::copy(p.out_norm_w, p.out_norm_w + Dd, w.out_norm_w.f32());
+  std::copy(p.out_norm_b, p.out_norm_b + Dd, w.out_norm_b.f32());
+  w.out_proj = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.out_proj), {C, Dd}, DType::F32));
+  return w;
 }
 
 namespace {
@@ -54,59 +75,43 @@ void round_through(Tensor& t, DType dt) {
 }
 }  // namespace
 
-void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWeights& w, const SS2DOrders& orders,
-                  const detail::Policy& policy, float* out, bool accumulate) {
+Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& w, const SS2DOrders& orders,
+                    const detail::Policy& policy, Tensor* residual) {
   const int64_t K = kSS2DDirections, C = w.d_model, Dd = w.d_inner, N = w.d_state, R = w.dt_rank;
+  MAMBACV_CHECK(x.defined() && x.ndim() == 4 && x.dim(3) == C && x.dim(0) >= 1 && x.dim(1) >= 1 && x.dim(2) >= 1,
+                "ss2d: expected x (B, H, W, " << C << "), got " << (x.defined() ? x.str() : "an empty tensor"));
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2);
   const int64_t L = H * W, BL = B * L, P = R + 2 * N;
-  MAMBACV_CHECK(B >= 1 && H >= 1 && W >= 1, "ss2d: empty input " << B << "x" << H << "x" << W);
-  MAMBACV_CHECK(w.A.defined() && w.D_sum.defined(), "ss2d: weights not prepared (call ss2d_prepare)");
+  MAMBACV_CHECK(!residual || (residual->shape() == x.shape() && !residual->shares_storage_with(x)),
+                "ss2d: the residual must be a separate " << x.str());
 
-  // xin (B, L, Dd) = x @ in_proj[0:Dd]^T;  z (B, L, Dd) = silu(x @ in_proj[Dd:2Dd]^T)
-  Tensor xin = Tensor::empty({B, L, Dd});
-  ops::gemm(BL, Dd, C, x, C, w.in_proj, C, /*trans_b=*/true, xin.f32(), Dd);
+  // xin (B, H, W, Dd) = x @ in_proj[0:Dd]^T;  z (B, H, W, Dd) = silu(x @ in_proj[Dd:2Dd]^T)
+  Tensor xin = ctx.empty({B, H, W, Dd});
+  ops::linear(ctx, x, w.in_x, xin);
   Tensor z;
   if (w.with_z) {
-    z = Tensor::empty({B, L, Dd});
-    ops::gemm(BL, Dd, C, x, C, w.in_proj + Dd * C, C, /*trans_b=*/true, z.f32(), Dd);
-    ops::silu_inplace(z.f32(), BL * Dd);
+    z = ctx.empty({B, H, W, Dd});
+    ops::linear(ctx, x, w.in_z, z);
+    ops::activate(ctx, ops::Act::Silu, z);
   }
 
   // u (B, H, W, Dd) = silu(depthwise conv(xin))
   Tensor u;
   if (w.d_conv > 1) {
-    u = Tensor::empty({B, L, Dd});
+    u = ctx.empty({B, H, W, Dd});
     const int pad = (w.d_conv - 1) / 2;
-    ops::depthwise_conv2d_nhwc(xin.f32(), B, H, W, Dd, w.conv_w, w.conv_b, w.d_conv, w.d_conv, pad, pad, u.f32());
+    ops::depthwise_conv2d(ctx, xin, w.conv, pad, pad, /*silu=*/true, u);
   } else {
     u = xin;
+    ops::activate(ctx, ops::Act::Silu, u);
   }
-  ops::silu_inplace(u.f32(), BL * Dd);
 
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
-  Tensor xdbl = Tensor::empty({B, L, K * P});
-  ops::gemm(BL, K * P, Dd, u.f32(), Dd, w.x_proj, Dd, /*trans_b=*/true, xdbl.f32(), K * P);
-  // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd). R is tiny (ceil(C/16)),
-  // so a GEMM call per direction is mostly overhead: one pass over the tokens, vectorised across channels.
-  Tensor delta = Tensor::empty({B, L, K * Dd});
-  {
-    const float* xd = xdbl.f32();
-    const float* wt = w.dt_proj_t.f32();  // (K, R, Dd)
-    float* dl = delta.f32();
-#pragma omp parallel for schedule(static) num_threads(ops::num_threads())
-    for (int64_t t = 0; t < BL; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const float* a = xd + t * K * P + k * P;  // dt_k of token t (R)
-        const float* wk = wt + k * R * Dd;
-        float* d = dl + t * K * Dd + k * Dd;
-        const float a0 = a[0];
-        for (int64_t c = 0; c < Dd; ++c) d[c] = a0 * wk[c];
-        for (int64_t r = 1; r < R; ++r) {
-          const float ar = a[r];
-          const float* wr = wk + r * Dd;
-          for (int64_t c = 0; c < Dd; ++c) d[c] += ar * wr[c];
-        }
-      }
-  }
+  Tensor xdbl = ctx.empty({B, L, K * P});
+  ops::linear(ctx, u, w.x_proj, xdbl);
+  // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
+  Tensor delta = ctx.empty({B, L, K * Dd});
+  ops::dt_projection(ctx, xdbl, K, P, R, w.dt_proj_t, delta);
 
   // scan inputs in the policy's dtype (core v0: fp32; core v1: the compute dtype)
   const DType in_t = policy.scan_input_dtype();
@@ -117,7 +122,7 @@ void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWei
   auto at = [es](const Tensor& t, int64_t off) { return static_cast<const char*>(t.raw()) + off * es; };
 
   // y (B, L, Dd) = the four directions merged (fp32), with the D skip (sum of the four Ds) once
-  Tensor y = Tensor::empty({B, L, Dd});
+  Tensor y = ctx.empty({B, L, Dd});
   ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.scan_direction_round());
   for (int64_t k = 0; k < K; ++k) {
     ScanDirection d;
@@ -127,17 +132,23 @@ void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWei
     d.C = token_major_bc(at(xdbl_s, k * P + R + N), in_t, L, K * P);
     d.A = w.A.f32() + k * Dd * N;
     d.D = k == 0 ? w.D_sum.f32() : nullptr;
-    d.delta_bias = w.dt_proj_b + k * Dd;
+    d.delta_bias = w.dt_proj_b.f32() + k * Dd;
     d.order = orders[static_cast<size_t>(k)];
     p.dirs.push_back(d);
   }
-  selective_scan(p);
+  selective_scan(ctx, p);
 
   // y = out_norm(y) [* z];  out (+)= y @ out_proj^T
-  ops::layer_norm(y.f32(), BL, Dd, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y.f32());
+  ops::layer_norm(ctx, y, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y);
   if (policy.round_norm_before_gate()) round_through(y, policy.compute);
-  if (w.with_z) ops::mul_inplace(y.f32(), z.f32(), BL * Dd);
-  ops::gemm(BL, C, Dd, y.f32(), Dd, w.out_proj, Dd, /*trans_b=*/true, out, C, nullptr, accumulate ? 1.0f : 0.0f);
+  if (w.with_z) ops::mul(ctx, y, z);
+  if (residual) {
+    ops::linear(ctx, y, w.out_proj, *residual, /*accumulate=*/true);
+    return *residual;
+  }
+  Tensor out = ctx.empty({B, H, W, C});
+  ops::linear(ctx, y, w.out_proj, out);
+  return out;
 }
 
 }  // namespace mambacv::ssm

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/context.h"
+#include "kernels/ops.h"
 #include "mambacv/tensor.h"
 #include "ssm/precision.h"
 
@@ -40,7 +42,8 @@ const char* ss2d_supported_forward_types();
 // Parses `s`; throws Error "<where>: forward_type "s" is not supported (supported: ...)" for anything else.
 SS2DForwardType parse_ss2d_forward_type(const std::string& s, const std::string& where);
 
-struct SS2DWeights {
+// The checkpoint's tensors of one SS2D (PyTorch layouts, raw f32 pointers), as the reference reads them.
+struct SS2DParams {
   int64_t d_model = 0;  // C
   int64_t d_inner = 0;  // Dd = int(ssm_ratio * C)
   int64_t d_state = 0;  // N
@@ -55,30 +58,43 @@ struct SS2DWeights {
   const float* x_proj = nullptr;      // (K, R+2N, Dd) == (K*(R+2N), Dd); rows [dt R | B N | C N]
   const float* dt_proj_w = nullptr;   // (K, Dd, R) == (K*Dd, R)
   const float* dt_proj_b = nullptr;   // (K, Dd)
+  const float* A_logs = nullptr;      // (K*Dd, N)
   const float* Ds = nullptr;          // (K*Dd)
   const float* out_norm_w = nullptr;  // (Dd)
   const float* out_norm_b = nullptr;  // (Dd)
   const float* out_proj = nullptr;    // (C, Dd)
-  Tensor A;                           // (K*Dd, N) = -exp(A_logs), see ss2d_prepare
-  Tensor D_sum;                       // (Dd) = sum_k Ds[k*Dd + c], see ss2d_prepare
-  Tensor dt_proj_t;                   // (K, R, Dd) = dt_proj_w transposed per direction, see ss2d_prepare
 };
 
-// Fills w.A from A_logs (K*Dd, N), w.D_sum from w.Ds and w.dt_proj_t from w.dt_proj_w (set the sizes, Ds and
-// dt_proj_w first).
-void ss2d_prepare(SS2DWeights& w, const float* A_logs);
+// The same weights prepared once for the backend (ss2d_prepare).
+struct SS2DWeights {
+  int64_t d_model = 0, d_inner = 0, d_state = 0, dt_rank = 0;
+  int d_conv = 3;
+  bool with_z = true;
+  float out_norm_eps = 1e-5f;
+  ops::PackedWeight in_x, in_z;   // in_proj rows [0, Dd) and [Dd, 2Dd)
+  ops::DepthwiseWeight conv;      // when d_conv > 1
+  ops::PackedWeight x_proj;       // (K*(R+2N), Dd)
+  Tensor dt_proj_t;               // (K, R, Dd) = dt_proj_w transposed per direction
+  Tensor dt_proj_b;               // (K*Dd)
+  Tensor A;                       // (K*Dd, N) = -exp(A_logs)
+  Tensor D_sum;                   // (Dd) = sum_k Ds[k*Dd + c]
+  Tensor out_norm_w, out_norm_b;  // (Dd)
+  ops::PackedWeight out_proj;     // (C, Dd)
+};
+SS2DWeights ss2d_prepare(const SS2DParams& p);
 
 // The four direction orders over the row-major tokens of one H x W map (each a permutation of 0..H*W-1).
 using SS2DOrders = std::array<const int32_t*, kSS2DDirections>;
 
-// x (B, H, W, C) -> out (B, H, W, C); with accumulate, out += SS2D(x) (the block's residual add).
-// Allocates its own workspace; safe to call from several threads. x and out must not overlap.
-void ss2d_forward(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWeights& w, const SS2DOrders& orders,
-                  const detail::Policy& policy, float* out, bool accumulate = false);
+// x (B, H, W, C) -> SS2D(x) (B, H, W, C); with `residual` (a (B, H, W, C) tensor not sharing x's storage),
+// residual += SS2D(x) instead (the block's residual add) and residual is returned.
+// Workspace from ctx; safe to call from several threads.
+Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& w, const SS2DOrders& orders,
+                    const detail::Policy& policy, Tensor* residual = nullptr);
 
 // Plain reference (ssm/ss2d_ref.cpp): materialises the four direction copies xs (B, K, Dd, L) exactly as upstream
 // CrossScan, runs selective_scan_ref per direction with its own D, and merges with the closed-form CrossMerge
 // index formula. Scalar reference ops throughout; fp32. For tests only (slow).
-void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWeights& w, float* out);
+void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out);
 
 }  // namespace mambacv::ssm

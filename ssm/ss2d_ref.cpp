@@ -5,15 +5,17 @@
 #include <vector>
 
 #include "kernels/ops.h"
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 #include "ssm/ss2d.h"
 
 namespace mambacv::ssm {
 
-void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DWeights& w, float* out) {
+void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out) {
   const int64_t K = kSS2DDirections, C = w.d_model, Dd = w.d_inner, N = w.d_state, R = w.dt_rank;
   const int64_t L = H * W, P = R + 2 * N;
   auto silu = [](float v) { return v / (1.0f + std::exp(-v)); };
+  std::vector<float> A(static_cast<size_t>(K * Dd * N));
+  for (size_t i = 0; i < A.size(); ++i) A[i] = -std::exp(w.A_logs[i]);
 
   // in_proj: xz (B, L, Dd or 2Dd)
   const int64_t Dp = w.with_z ? 2 * Dd : Dd;
@@ -69,7 +71,7 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
       d.delta = {dts.data(), DType::F32, Dd * L, L, 1};
       d.B = {xdbl.data() + R * L, DType::F32, P * L, 0, L, 1};
       d.C = {xdbl.data() + (R + N) * L, DType::F32, P * L, 0, L, 1};
-      d.A = w.A.f32() + k * Dd * N;
+      d.A = A.data() + k * Dd * N;
       d.D = w.Ds + k * Dd;
       d.delta_bias = w.dt_proj_b + k * Dd;
       p.dirs.push_back(d);

@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 #include "ssm/mamba_mixer.h"
 #include "test_util.h"
 

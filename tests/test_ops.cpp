@@ -1,12 +1,16 @@
 // tests/test_ops.cpp - every fast op of kernels/ops.h against its plain reference (ops::ref or a definition
 // written out here), on shapes that hit SIMD remainders (C = 1, 3, 15, 16, 17, 33), odd and non-square images,
-// batch 1 and 3, every stride / padding / kernel combination the models use, M = 1 GEMMs and K % 16 != 0.
+// batch 1 and 3, every stride / padding / kernel combination the models use, M = 1 GEMMs and K % 16 != 0; the
+// GEMM with every kernel family this machine can run (avx512, avx2, generic), the other ops with the family
+// cpu_isa() selects (ctest runs this suite again under MAMBACV_ISA=avx2 and MAMBACV_ISA=generic).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
 #include "mambacv/tensor.h"
@@ -41,6 +45,16 @@ bool all_finite(const Tensor& t) {
 }
 
 uint64_t g_seed = 1;
+const ExecContext kCtx = ExecContext::cpu(0);
+Tensor from_ptr(const float* p, const Shape& s) { return Tensor::view_of(const_cast<float*>(p), s, DType::F32); }
+Tensor maybe(const Tensor& t, bool on) { return on ? t : Tensor(); }
+
+// the kernel families this machine runs: detected_isa() and every one below it
+std::vector<cpu::Isa> runnable_isas() {
+  std::vector<cpu::Isa> v;
+  for (int i = static_cast<int>(cpu::detected_isa()); i >= 0; --i) v.push_back(static_cast<cpu::Isa>(i));
+  return v;
+}
 Tensor rnd(const Shape& s, float lo = -1.0f, float hi = 1.0f) { return random_tensor(s, g_seed++, lo, hi); }
 
 }  // namespace
@@ -50,72 +64,90 @@ struct GemmCase {
   int64_t M, N, K;
 };
 
-// Both GEMM backends: the one ops::gemm dispatches to (OpenBLAS when built with it) and the Eigen fallback.
-TEST(Ops, GemmMatchesReference) {
-  using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool, float*,
-                          int64_t, const float*, float);
-  const std::pair<const char*, GemmFn> backends[] = {{ops::gemm_backend(), &ops::gemm}, {"eigen", &ops::gemm_eigen}};
-  const GemmCase cases[] = {{1, 1, 1},    {1, 17, 33},  {1, 1000, 192}, {3, 5, 7},     {16, 16, 16},
-                            {17, 33, 15}, {64, 96, 48}, {197, 384, 192}, {130, 65, 100}, {2, 300, 1},
-                            {300, 2, 45}, {33, 1, 17},  {256, 200, 257}};
-  for (const auto& [backend, fn] : backends)
-  for (const GemmCase& gc : cases)
-    for (bool trans_b : {true, false})
-      for (bool with_bias : {false, true})
-        for (float beta : {0.0f, 1.0f})
-          for (int64_t pad : {0, 3}) {  // pad > 0: row strides larger than the row
-            const int64_t M = gc.M, N = gc.N, K = gc.K;
-            const int64_t lda = K + pad, ldb = (trans_b ? K : N) + pad, ldc = N + pad;
-            Tensor A = rnd({M, lda});
-            Tensor B = rnd({trans_b ? N : K, ldb});
-            Tensor bias = rnd({N});
-            Tensor C0 = rnd({M, ldc});
-            Tensor C = C0.clone(), Cr = C0.clone();
-            if (beta == 0.0f) C.fill(NAN);  // beta == 0 must overwrite, never read, C
-            fn(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, C.f32(), ldc, with_bias ? bias.f32() : nullptr, beta);
-            ops::ref::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, Cr.f32(), ldc,
-                           with_bias ? bias.f32() : nullptr, beta);
-            // compare the M x N window; the padding columns must be untouched
-            std::vector<float> a, r;
-            for (int64_t m = 0; m < M; ++m)
-              for (int64_t n = 0; n < ldc; ++n) {
-                if (n < N) {
-                  a.push_back(C.f32()[m * ldc + n]);
-                  r.push_back(Cr.f32()[m * ldc + n]);
-                } else if (beta != 0.0f) {
-                  EXPECT_EQ(C.f32()[m * ldc + n], C0.f32()[m * ldc + n]);
+// Every kernel family (AVX-512 14x32, AVX2 6x16, Eigen) on shapes that hit every tile remainder: M below, at and
+// above the micro-tile height and the chunk size, N around the panel widths (16, 32) and the narrow case that reads
+// A in place, K across the k-block size (512), strided A / C, bias and beta.
+TEST(Ops, GemmMatchesReferenceEveryKernel) {
+  const GemmCase cases[] = {{1, 1, 1},     {1, 17, 33},   {1, 1000, 192}, {3, 5, 7},      {16, 16, 16},
+                            {17, 33, 15},  {64, 96, 48},  {197, 384, 192}, {130, 65, 100}, {2, 300, 1},
+                            {300, 2, 45},  {33, 1, 17},   {256, 200, 257}, {13, 40, 384},  {15, 48, 31},
+                            {229, 31, 70}, {7, 70, 1100}, {450, 129, 9},   {28, 64, 513}};
+  for (cpu::Isa isa : runnable_isas())
+    for (const GemmCase& gc : cases)
+      for (bool trans_b : {true, false})
+        for (bool with_bias : {false, true})
+          for (float beta : {0.0f, 1.0f})
+            for (int64_t pad : {0, 3}) {  // pad > 0: row strides larger than the row
+              const int64_t M = gc.M, N = gc.N, K = gc.K;
+              const int64_t lda = K + pad, ldb = (trans_b ? K : N) + pad, ldc = N + pad;
+              Tensor A = rnd({M, lda});
+              Tensor B = rnd({trans_b ? N : K, ldb});
+              Tensor bias = rnd({N});
+              Tensor C0 = rnd({M, ldc});
+              Tensor C = C0.clone(), Cr = C0.clone();
+              if (beta == 0.0f)  // beta == 0 must overwrite, never read, C
+                for (int64_t m = 0; m < M; ++m)
+                  for (int64_t n = 0; n < N; ++n) C.f32()[m * ldc + n] = NAN;
+              const ops::PackedWeight W =
+                  ops::pack_weight_for(isa, B.f32(), ldb, trans_b, N, K, with_bias ? bias.f32() : nullptr);
+              ops::gemm(kCtx, M, A.f32(), lda, W, C.f32(), ldc, beta);
+              ops::ref::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, Cr.f32(), ldc,
+                             with_bias ? bias.f32() : nullptr, beta);
+              // compare the M x N window; the padding columns must be untouched
+              std::vector<float> a, r;
+              bool untouched = true;
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < ldc; ++n) {
+                  if (n < N) {
+                    a.push_back(C.f32()[m * ldc + n]);
+                    r.push_back(Cr.f32()[m * ldc + n]);
+                  } else {
+                    untouched &= C.f32()[m * ldc + n] == C0.f32()[m * ldc + n];
+                  }
                 }
-              }
-            EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
-                << backend << " M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b << " bias=" << with_bias
-                << " beta=" << beta << " pad=" << pad;
-          }
+              EXPECT_TRUE(untouched) << cpu::isa_name(isa) << " wrote past N";
+              EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
+                  << cpu::isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b
+                  << " bias=" << with_bias << " beta=" << beta << " pad=" << pad;
+            }
+}
+
+TEST(Ops, GemmThreadSplitsAgree) {
+  // results may not depend on the thread budget beyond summation order (each C tile has one owner)
+  Tensor A = rnd({301, 200}), B = rnd({100, 200});
+  const ops::PackedWeight W = ops::pack_linear(B);
+  Tensor C1 = Tensor::empty({301, 100}), C2 = Tensor::empty({301, 100});
+  ops::gemm(ExecContext::cpu(1), 301, A.f32(), 200, W, C1.f32(), 100);
+  ops::gemm(ExecContext::cpu(3), 301, A.f32(), 200, W, C2.f32(), 100);
+  for (int64_t i = 0; i < C1.numel(); ++i) ASSERT_EQ(C1.f32()[i], C2.f32()[i]) << i;
 }
 
 TEST(Ops, GemmHandCase) {
   // [1 2; 3 4] @ [5 6; 7 8] + [1, -1] = [20 21; 44 49]
   const float A[] = {1, 2, 3, 4}, B[] = {5, 6, 7, 8}, bias[] = {1, -1};
   float C[4];
-  ops::gemm(2, 2, 2, A, 2, B, 2, false, C, 2, bias);
-  EXPECT_FLOAT_EQ(C[0], 20);
-  EXPECT_FLOAT_EQ(C[1], 21);
-  EXPECT_FLOAT_EQ(C[2], 44);
-  EXPECT_FLOAT_EQ(C[3], 49);
-  // trans_b: B^T = [5 7; 6 8]
-  ops::gemm(2, 2, 2, A, 2, B, 2, true, C, 2);
-  EXPECT_FLOAT_EQ(C[0], 17);
-  EXPECT_FLOAT_EQ(C[1], 23);
-  EXPECT_FLOAT_EQ(C[2], 39);
-  EXPECT_FLOAT_EQ(C[3], 53);
+  for (cpu::Isa isa : runnable_isas()) {
+    ops::gemm(kCtx, 2, A, 2, ops::pack_weight_for(isa, B, 2, false, 2, 2, bias), C, 2);
+    EXPECT_FLOAT_EQ(C[0], 20);
+    EXPECT_FLOAT_EQ(C[1], 21);
+    EXPECT_FLOAT_EQ(C[2], 44);
+    EXPECT_FLOAT_EQ(C[3], 49);
+    // trans_b: B^T = [5 7; 6 8]
+    ops::gemm(kCtx, 2, A, 2, ops::pack_weight_for(isa, B, 2, true, 2, 2), C, 2);
+    EXPECT_FLOAT_EQ(C[0], 17);
+    EXPECT_FLOAT_EQ(C[1], 23);
+    EXPECT_FLOAT_EQ(C[2], 39);
+    EXPECT_FLOAT_EQ(C[3], 53);
+  }
 }
 
 TEST(Ops, GemmZeroK) {
   float C[6] = {1, 2, 3, 4, 5, 6};
   const float bias[3] = {7, 8, 9};
-  ops::gemm(2, 3, 0, nullptr, 0, nullptr, 0, true, C, 3, bias, 1.0f);
+  ops::gemm(kCtx, 2, nullptr, 0, ops::pack_weight(nullptr, 0, true, 3, 0, bias), C, 3, 1.0f);
   EXPECT_FLOAT_EQ(C[0], 8);
   EXPECT_FLOAT_EQ(C[5], 15);
-  ops::gemm(2, 3, 0, nullptr, 0, nullptr, 0, true, C, 3, nullptr, 0.0f);
+  ops::gemm(kCtx, 2, nullptr, 0, ops::pack_weight(nullptr, 0, true, 3, 0), C, 3, 0.0f);
   for (float v : C) EXPECT_EQ(v, 0.0f);
 }
 
@@ -123,25 +155,41 @@ TEST(Ops, LinearMatchesReference) {
   for (int64_t M : {1, 3, 197})
     for (int64_t in : {1, 15, 192})
       for (int64_t out : {1, 17, 384})
-        for (bool with_bias : {false, true}) {
-          Tensor x = rnd({M, in}), W = rnd({out, in}), b = rnd({out});
-          Tensor y = Tensor::empty({M, out}), yr = Tensor::empty({M, out});
-          ops::linear(x.f32(), M, in, W.f32(), with_bias ? b.f32() : nullptr, out, y.f32());
-          ops::ref::gemm(M, out, in, x.f32(), in, W.f32(), in, true, yr.f32(), out, with_bias ? b.f32() : nullptr);
-          EXPECT_LE(rel_l2(y, yr), kTol) << M << "x" << in << "->" << out;
-        }
+        for (bool with_bias : {false, true})
+          for (bool accumulate : {false, true}) {
+            Tensor x = rnd({M, in}), W = rnd({out, in}), b = rnd({out});
+            Tensor y0 = rnd({M, out});
+            Tensor y = y0.clone(), yr = y0.clone();
+            ops::linear(kCtx, x, ops::pack_linear(W, maybe(b, with_bias)), y, accumulate);
+            ops::ref::gemm(M, out, in, x.f32(), in, W.f32(), in, true, yr.f32(), out, with_bias ? b.f32() : nullptr,
+                           accumulate ? 1.0f : 0.0f);
+            EXPECT_LE(rel_l2(y, yr), kTol) << M << "x" << in << "->" << out;
+          }
 }
 
-TEST(Ops, GemmRejectsBadStrides) {
+TEST(Ops, GemmRejectsBadArguments) {
   float A[4] = {}, B[4] = {}, C[4] = {};
-  EXPECT_THROW(ops::gemm(2, 2, 2, A, 1, B, 2, true, C, 2), Error);
-  EXPECT_THROW(ops::gemm(-1, 2, 2, A, 2, B, 2, true, C, 2), Error);
+  const ops::PackedWeight W = ops::pack_weight(B, 2, true, 2, 2);
+  EXPECT_THROW(ops::gemm(kCtx, 2, A, 1, W, C, 2), Error);   // lda < K
+  EXPECT_THROW(ops::gemm(kCtx, -1, A, 2, W, C, 2), Error);  // negative M
+  EXPECT_THROW(ops::gemm(kCtx, 2, A, 2, W, C, 2, 0.5f), Error);  // beta not 0 / 1
+  EXPECT_THROW(ops::pack_weight(B, 1, true, 2, 2), Error);  // ldb < K
   // a single row has no row stride to check
   const float a[2] = {1, 2}, b[4] = {1, 2, 3, 4};
   float c[2];
-  ops::gemm(1, 2, 2, a, 0, b, 2, false, c, 0);
+  ops::gemm(kCtx, 1, a, 0, ops::pack_weight(b, 2, false, 2, 2), c, 0);
   EXPECT_FLOAT_EQ(c[0], 7);
   EXPECT_FLOAT_EQ(c[1], 10);
+  // typed operands: dtype and shape are checked with the operand named
+  Tensor x16 = Tensor::zeros({3, 2}, DType::F16), y = Tensor::empty({3, 2});
+  try {
+    ops::linear(kCtx, x16, W, y);
+    ADD_FAILURE() << "f16 input accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("operand x is f16"), std::string::npos) << e.what();
+  }
+  Tensor x = Tensor::zeros({3, 5});
+  EXPECT_THROW(ops::linear(kCtx, x, W, y), Error);
 }
 
 // ---- conv2d ----------------------------------------------------------------------------------------------------
@@ -162,10 +210,11 @@ TEST(Ops, Conv2dMatchesReference) {
     const int64_t Ho = ops::conv_out_size(c.H, c.k, c.s, c.p), Wo = ops::conv_out_size(c.W, c.k, c.s, c.p);
     Tensor x = rnd({c.B, c.H, c.W, c.Cin}), w = rnd({c.Cout, c.Cin, c.k, c.k}), b = rnd({c.Cout});
     for (bool with_bias : {false, true}) {
-      Tensor y = Tensor::empty({c.B, Ho, Wo, c.Cout}), yr = Tensor::empty({c.B, Ho, Wo, c.Cout});
-      y.fill(NAN);
+      Tensor yr = Tensor::empty({c.B, Ho, Wo, c.Cout});
       const float* bp = with_bias ? b.f32() : nullptr;
-      ops::conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.Cin, w.f32(), bp, c.Cout, c.k, c.k, c.s, c.s, c.p, c.p, y.f32());
+      const ops::Conv2dWeight cw = ops::prepare_conv2d(w, maybe(b, with_bias), c.s, c.s, c.p, c.p);
+      Tensor y = ops::conv2d(kCtx, x, cw);
+      ASSERT_EQ(y.shape(), yr.shape());
       ops::ref::conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.Cin, w.f32(), bp, c.Cout, c.k, c.k, c.s, c.s, c.p, c.p,
                             yr.f32());
       EXPECT_TRUE(all_finite(y));
@@ -180,27 +229,49 @@ TEST(Ops, Conv2dAsymmetricKernelStridePadding) {
   const int kh = 3, kw = 2, sh = 2, sw = 1, ph = 1, pw = 0;
   const int64_t Ho = ops::conv_out_size(H, kh, sh, ph), Wo = ops::conv_out_size(W, kw, sw, pw);
   Tensor x = rnd({B, H, W, Cin}), w = rnd({Cout, Cin, kh, kw}), b = rnd({Cout});
-  Tensor y = Tensor::empty({B, Ho, Wo, Cout}), yr = Tensor::empty({B, Ho, Wo, Cout});
-  ops::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, kh, kw, sh, sw, ph, pw, y.f32());
+  Tensor yr = Tensor::empty({B, Ho, Wo, Cout});
+  Tensor y = ops::conv2d(kCtx, x, ops::prepare_conv2d(w, b, sh, sw, ph, pw));
   ops::ref::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, kh, kw, sh, sw, ph, pw, yr.f32());
   EXPECT_LE(rel_l2(y, yr), kTol);
 }
 
-TEST(Ops, Conv2dLargeImageChunked) {
-  // big enough that the im2col buffer is processed in several chunks
+TEST(Ops, Conv2dLargeImage) {
+  // a stride-1 3x3 conv (shifted GEMMs over the padded wide grid) on a map larger than one GEMM chunk
   const int64_t B = 1, H = 120, W = 100, Cin = 48, Cout = 16;
   const int64_t Ho = ops::conv_out_size(H, 3, 1, 1), Wo = ops::conv_out_size(W, 3, 1, 1);
   Tensor x = rnd({B, H, W, Cin}), w = rnd({Cout, Cin, 3, 3}), b = rnd({Cout});
-  Tensor y = Tensor::empty({B, Ho, Wo, Cout}), yr = Tensor::empty({B, Ho, Wo, Cout});
-  ops::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, 3, 3, 1, 1, 1, 1, y.f32());
+  Tensor yr = Tensor::empty({B, Ho, Wo, Cout});
+  Tensor y = ops::conv2d(kCtx, x, ops::prepare_conv2d(w, b, 1, 1, 1, 1));
   ops::ref::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, 3, 3, 1, 1, 1, 1, yr.f32());
   EXPECT_LE(rel_l2(y, yr), kTol);
 }
 
+TEST(Ops, Conv2dStridedIm2colChunked) {
+  // a strided conv (im2col) big enough that the column buffer is processed in several chunks
+  const int64_t B = 2, H = 400, W = 300, Cin = 16, Cout = 8;
+  Tensor x = rnd({B, H, W, Cin}), w = rnd({Cout, Cin, 3, 3}), b = rnd({Cout});
+  const int64_t Ho = ops::conv_out_size(H, 3, 2, 1), Wo = ops::conv_out_size(W, 3, 2, 1);
+  Tensor yr = Tensor::empty({B, Ho, Wo, Cout});
+  Tensor y = ops::conv2d(kCtx, x, ops::prepare_conv2d(w, b, 2, 2, 1, 1));
+  ops::ref::conv2d_nhwc(x.f32(), B, H, W, Cin, w.f32(), b.f32(), Cout, 3, 3, 2, 2, 1, 1, yr.f32());
+  EXPECT_LE(rel_l2(y, yr), kTol);
+}
+
+TEST(Ops, Conv2dFusedRelu) {
+  for (int s : {1, 2}) {
+    Tensor x = rnd({2, 9, 7, 5}), w = rnd({6, 5, 3, 3}), b = rnd({6});
+    const ops::Conv2dWeight cw = ops::prepare_conv2d(w, b, s, s, 1, 1);
+    Tensor plain = ops::conv2d(kCtx, x, cw), relu = ops::conv2d(kCtx, x, cw, /*relu=*/true);
+    for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_EQ(relu.f32()[i], std::max(plain.f32()[i], 0.0f)) << i;
+  }
+}
+
 TEST(Ops, Conv2dRejectsBadArguments) {
-  float x[16] = {}, w[16] = {}, y[16] = {};
-  EXPECT_THROW(ops::conv2d_nhwc(x, 1, 2, 2, 1, w, nullptr, 1, 3, 3, 1, 1, 0, 0, y), Error);  // kernel > input
-  EXPECT_THROW(ops::conv2d_nhwc(x, 1, 4, 4, 1, w, nullptr, 1, 3, 3, 0, 1, 0, 0, y), Error);  // stride 0
+  Tensor x = Tensor::zeros({1, 2, 2, 1}), w = Tensor::zeros({1, 1, 3, 3});
+  EXPECT_THROW(ops::conv2d(kCtx, x, ops::prepare_conv2d(w, Tensor(), 1, 1, 0, 0)), Error);  // kernel > input
+  EXPECT_THROW(ops::prepare_conv2d(w, Tensor(), 0, 1, 0, 0), Error);                        // stride 0
+  Tensor x4 = Tensor::zeros({1, 4, 4, 2});
+  EXPECT_THROW(ops::conv2d(kCtx, x4, ops::prepare_conv2d(w, Tensor(), 1, 1, 0, 0)), Error);  // channels
 }
 
 // ---- depthwise conv2d ------------------------------------------------------------------------------------------
@@ -219,11 +290,16 @@ TEST(Ops, DepthwiseConv2dMatchesReference) {
       Tensor y = Tensor::empty({c.B, Ho, Wo, c.C}), yr = Tensor::empty({c.B, Ho, Wo, c.C});
       y.fill(NAN);
       const float* bp = with_bias ? b.f32() : nullptr;
-      ops::depthwise_conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.C, w.f32(), bp, c.k, c.k, c.p, c.p, y.f32());
+      const ops::DepthwiseWeight dw = ops::prepare_depthwise(w, maybe(b, with_bias));
+      ops::depthwise_conv2d(kCtx, x, dw, c.p, c.p, /*silu=*/false, y);
       ops::ref::depthwise_conv2d_nhwc(x.f32(), c.B, c.H, c.W, c.C, w.f32(), bp, c.k, c.k, c.p, c.p, yr.f32());
       EXPECT_TRUE(all_finite(y));
       EXPECT_LE(rel_l2(y, yr), kTol) << "B=" << c.B << " H=" << c.H << " W=" << c.W << " C=" << c.C
                                      << " k=" << c.k << " p=" << c.p;
+      // fused silu
+      ops::depthwise_conv2d(kCtx, x, dw, c.p, c.p, /*silu=*/true, y);
+      for (int64_t i = 0; i < yr.numel(); ++i) yr.f32()[i] = ops::ref::activate(ops::Act::Silu, yr.f32()[i]);
+      EXPECT_LE(rel_l2(y, yr), kTol) << "silu";
     }
 }
 
@@ -233,7 +309,7 @@ TEST(Ops, DepthwiseConv2dAsymmetric) {
   Tensor x = rnd({B, H, W, C}), w = rnd({C, 1, kh, kw}), b = rnd({C});
   const int64_t Ho = ops::conv_out_size(H, kh, 1, ph), Wo = ops::conv_out_size(W, kw, 1, pw);
   Tensor y = Tensor::empty({B, Ho, Wo, C}), yr = Tensor::empty({B, Ho, Wo, C});
-  ops::depthwise_conv2d_nhwc(x.f32(), B, H, W, C, w.f32(), b.f32(), kh, kw, ph, pw, y.f32());
+  ops::depthwise_conv2d(kCtx, x, ops::prepare_depthwise(w, b), ph, pw, false, y);
   ops::ref::depthwise_conv2d_nhwc(x.f32(), B, H, W, C, w.f32(), b.f32(), kh, kw, ph, pw, yr.f32());
   EXPECT_LE(rel_l2(y, yr), kTol);
 }
@@ -250,7 +326,7 @@ TEST(Ops, Conv1dTokensMatchesReference) {
                 Tensor x = rnd({B, L, C}, -3, 3), w = rnd({C, 1, K}), b = rnd({C});
                 Tensor y = Tensor::empty({B, L, C}), yr = Tensor::empty({B, L, C});
                 const float* bp = with_bias ? b.f32() : nullptr;
-                ops::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), bp, K, reverse, silu, y.f32());
+                ops::conv1d_tokens(kCtx, x, ops::prepare_depthwise(w, maybe(b, with_bias)), reverse, silu, y);
                 ops::ref::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), bp, K, reverse, silu, yr.f32());
                 EXPECT_LE(rel_l2(y, yr), kTol) << "B=" << B << " L=" << L << " C=" << C << " K=" << K
                                                << " reverse=" << reverse << " silu=" << silu;
@@ -270,11 +346,12 @@ TEST(Ops, Conv1dAntiCausalIsReversedCausal) {
     return r;
   };
   for (bool silu : {false, true}) {
+    const ops::DepthwiseWeight dw = ops::prepare_depthwise(w, b);
     Tensor anti = Tensor::empty({B, L, C});
-    ops::conv1d_depthwise_tokens(x.f32(), B, L, C, w.f32(), b.f32(), K, /*reverse=*/true, silu, anti.f32());
+    ops::conv1d_tokens(kCtx, x, dw, /*reverse=*/true, silu, anti);
     Tensor xr = reverse_tokens(x);
     Tensor causal = Tensor::empty({B, L, C});
-    ops::conv1d_depthwise_tokens(xr.f32(), B, L, C, w.f32(), b.f32(), K, /*reverse=*/false, silu, causal.f32());
+    ops::conv1d_tokens(kCtx, xr, dw, /*reverse=*/false, silu, causal);
     Tensor back = reverse_tokens(causal);
     for (int64_t i = 0; i < anti.numel(); ++i) EXPECT_EQ(anti.f32()[i], back.f32()[i]) << i;
   }
@@ -283,14 +360,16 @@ TEST(Ops, Conv1dAntiCausalIsReversedCausal) {
 TEST(Ops, Conv1dCausalHandCase) {
   // C = 1, K = 3, w = [1, 2, 3], x = [1, 10, 100, 1000]:
   //   causal y[t] = 1 x[t-2] + 2 x[t-1] + 3 x[t]; anti-causal y[t] = 3 x[t] + 2 x[t+1] + 1 x[t+2]
-  const float x[] = {1, 10, 100, 1000}, w[] = {1, 2, 3};
-  float y[4];
-  ops::conv1d_depthwise_tokens(x, 1, 4, 1, w, nullptr, 3, false, false, y);
+  Tensor xt = Tensor::from_vector({1, 10, 100, 1000}, {1, 4, 1});
+  const ops::DepthwiseWeight dw = ops::prepare_depthwise(Tensor::from_vector({1, 2, 3}, {1, 1, 3}), Tensor());
+  Tensor yt = Tensor::empty({1, 4, 1});
+  const float* y = yt.f32();
+  ops::conv1d_tokens(kCtx, xt, dw, false, false, yt);
   EXPECT_FLOAT_EQ(y[0], 3);
   EXPECT_FLOAT_EQ(y[1], 32);
   EXPECT_FLOAT_EQ(y[2], 321);
   EXPECT_FLOAT_EQ(y[3], 3210);
-  ops::conv1d_depthwise_tokens(x, 1, 4, 1, w, nullptr, 3, true, false, y);
+  ops::conv1d_tokens(kCtx, xt, dw, true, false, yt);
   EXPECT_FLOAT_EQ(y[0], 123);
   EXPECT_FLOAT_EQ(y[1], 1230);
   EXPECT_FLOAT_EQ(y[2], 2300);
@@ -306,7 +385,7 @@ TEST(Ops, LayerNormMatchesDefinition) {
           Tensor x = rnd({rows, C}, offset - 2, offset + 2), g = rnd({C}, 0.5f, 1.5f), b = rnd({C});
           Tensor y = Tensor::empty({rows, C}), yr = Tensor::empty({rows, C});
           const float* bp = with_beta ? b.f32() : nullptr;
-          ops::layer_norm(x.f32(), rows, C, g.f32(), bp, 1e-6f, y.f32());
+          ops::layer_norm(kCtx, x, g, maybe(b, with_beta), 1e-6f, y);
           ops::ref::layer_norm(x.f32(), rows, C, g.f32(), bp, 1e-6f, yr.f32());
           // the definition written out again here, in double
           std::vector<float> def(static_cast<size_t>(rows * C));
@@ -331,8 +410,8 @@ TEST(Ops, LayerNormInPlace) {
   const int64_t rows = 5, C = 33;
   Tensor x = rnd({rows, C}), g = rnd({C}), b = rnd({C});
   Tensor y = Tensor::empty({rows, C});
-  ops::layer_norm(x.f32(), rows, C, g.f32(), b.f32(), 1e-5f, y.f32());
-  ops::layer_norm(x.f32(), rows, C, g.f32(), b.f32(), 1e-5f, x.f32());
+  ops::layer_norm(kCtx, x, g, b, 1e-5f, y);
+  ops::layer_norm(kCtx, x, g, b, 1e-5f, x);
   for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x.f32()[i], y.f32()[i]);
 }
 
@@ -341,7 +420,7 @@ TEST(Ops, RmsNormMatchesDefinition) {
     for (int64_t C : {1, 3, 15, 16, 17, 33, 192, 384}) {
       Tensor x = rnd({rows, C}, -3, 3), g = rnd({C}, 0.5f, 1.5f);
       Tensor y = Tensor::empty({rows, C}), yr = Tensor::empty({rows, C});
-      ops::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, y.f32());
+      ops::rms_norm(kCtx, x, g, 1e-5f, y);
       ops::ref::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, yr.f32());
       std::vector<float> def(static_cast<size_t>(rows * C));
       for (int64_t r = 0; r < rows; ++r) {
@@ -354,7 +433,7 @@ TEST(Ops, RmsNormMatchesDefinition) {
       EXPECT_LE(rel_l2(yr.f32(), def.data(), rows * C), 1e-6);
       EXPECT_LE(rel_l2(y, yr), kTol) << "rows=" << rows << " C=" << C;
       // in place
-      ops::rms_norm(x.f32(), rows, C, g.f32(), 1e-5f, x.f32());
+      ops::rms_norm(kCtx, x, g, 1e-5f, x);
       for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x.f32()[i], y.f32()[i]);
     }
 }
@@ -363,18 +442,21 @@ TEST(Ops, RmsNormMatchesDefinition) {
 TEST(Ops, ActivationsMatchFormulas) {
   for (int64_t n : {1, 15, 16, 17, 33, 1000, 200003}) {
     Tensor x = rnd({n}, -12, 12);
-    Tensor s = x.clone(), g = x.clone(), r = x.clone();
-    ops::silu_inplace(s.f32(), n);
-    ops::gelu_inplace(g.f32(), n);
-    ops::relu_inplace(r.f32(), n);
-    std::vector<float> se(n), ge(n), re(n);
+    Tensor s = x.clone(), g = x.clone(), r = x.clone(), sg = x.clone();
+    ops::activate(kCtx, ops::Act::Silu, s);
+    ops::activate(kCtx, ops::Act::Gelu, g);
+    ops::activate(kCtx, ops::Act::Relu, r);
+    ops::activate(kCtx, ops::Act::Sigmoid, sg);
+    std::vector<float> se(n), ge(n), re(n), sge(n);
     for (int64_t i = 0; i < n; ++i) {
       // the formulas in float, as PyTorch evaluates them (1 + erf cancels to 0 far in the negative tail)
       const float v = x.f32()[i];
       se[i] = v / (1.0f + std::exp(-v));
       ge[i] = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
       re[i] = static_cast<float>(v > 0 ? v : 0);
+      sge[i] = 1.0f / (1.0f + std::exp(-v));
     }
+    EXPECT_EQ(rel_l2(sg.f32(), sge.data(), n), 0.0) << n;
     EXPECT_LE(rel_l2(s.f32(), se.data(), n), kTol) << n;
     EXPECT_LE(rel_l2(g.f32(), ge.data(), n), kTol) << n;
     EXPECT_EQ(rel_l2(r.f32(), re.data(), n), 0.0) << n;
@@ -387,8 +469,9 @@ TEST(Ops, ActivationsPointwiseAccuracy) {
   for (float v = -30.0f; v <= 30.0f; v += 0.01f) xs.push_back(v);
   for (float v : {-100.0f, -88.0f, 88.0f, 100.0f, 0.0f, -0.0f, 1e-30f, -1e-30f}) xs.push_back(v);
   std::vector<float> s = xs, g = xs;
-  ops::silu_inplace(s.data(), static_cast<int64_t>(s.size()));
-  ops::gelu_inplace(g.data(), static_cast<int64_t>(g.size()));
+  Tensor st = from_ptr(s.data(), {static_cast<int64_t>(s.size())}), gt = from_ptr(g.data(), {static_cast<int64_t>(g.size())});
+  ops::activate(kCtx, ops::Act::Silu, st);
+  ops::activate(kCtx, ops::Act::Gelu, gt);
   for (size_t i = 0; i < xs.size(); ++i) {
     const double v = xs[i];
     const double se = v / (1 + std::exp(-v));
@@ -398,7 +481,8 @@ TEST(Ops, ActivationsPointwiseAccuracy) {
   }
   // exact values: gelu(0) = 0, gelu(1) = 0.841344746..., gelu(-1) = -0.158655253...
   float v[3] = {0.0f, 1.0f, -1.0f};
-  ops::gelu_inplace(v, 3);
+  Tensor vt = from_ptr(v, {3});
+  ops::activate(kCtx, ops::Act::Gelu, vt);
   EXPECT_EQ(v[0], 0.0f);
   EXPECT_NEAR(v[1], 0.8413447460685429, 2e-7);
   EXPECT_NEAR(v[2], -0.15865525393145707, 2e-7);
@@ -408,8 +492,8 @@ TEST(Ops, AddMul) {
   for (int64_t n : {1, 17, 100003}) {
     Tensor a = rnd({n}), b = rnd({n});
     Tensor s = a.clone(), p = a.clone();
-    ops::add_inplace(s.f32(), b.f32(), n);
-    ops::mul_inplace(p.f32(), b.f32(), n);
+    ops::add(kCtx, s, b);
+    ops::mul(kCtx, p, b);
     for (int64_t i = 0; i < n; ++i) {
       EXPECT_EQ(s.f32()[i], a.f32()[i] + b.f32()[i]);
       EXPECT_EQ(p.f32()[i], a.f32()[i] * b.f32()[i]);
@@ -423,14 +507,15 @@ TEST(Ops, LayoutTransposes) {
     for (int64_t C : {1, 3, 17, 33, 96})
       for (int64_t HW : {1, 15, 49, 3136}) {
         Tensor x = rnd({B, C, HW});
-        Tensor y = Tensor::empty({B, HW, C}), back = Tensor::empty({B, C, HW});
-        ops::nchw_to_nhwc(x.f32(), B, C, HW, y.f32());
+        Tensor y = ops::nchw_to_nhwc(kCtx, x);
+        ASSERT_EQ(y.shape(), Shape({B, HW, C}));
         bool ok = true;
         for (int64_t b = 0; b < B; ++b)
           for (int64_t c = 0; c < C; ++c)
             for (int64_t s = 0; s < HW; ++s) ok &= y.f32()[(b * HW + s) * C + c] == x.f32()[(b * C + c) * HW + s];
         EXPECT_TRUE(ok) << B << " " << C << " " << HW;
-        ops::nhwc_to_nchw(y.f32(), B, HW, C, back.f32());
+        Tensor back = ops::nhwc_to_nchw(kCtx, y);
+        ASSERT_EQ(back.shape(), x.shape());
         for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(back.f32()[i], x.f32()[i]);
       }
 }
@@ -438,16 +523,14 @@ TEST(Ops, LayoutTransposes) {
 // ---- bicubic resize --------------------------------------------------------------------------------------------
 TEST(Ops, BicubicIdentityWhenSizesEqual) {
   Tensor x = rnd({7, 5, 3});
-  Tensor y = Tensor::empty({7, 5, 3});
-  ops::resize_bicubic_hwc(x.f32(), 7, 5, 3, 7, 5, y.f32());
+  Tensor y = ops::resize_bicubic(kCtx, x, 7, 5);
   for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(y.f32()[i], x.f32()[i]);
 }
 
 TEST(Ops, BicubicConstantStaysConstant) {
   Tensor x = Tensor::empty({6, 9, 17});
   x.fill(2.5f);
-  Tensor y = Tensor::empty({13, 4, 17});
-  ops::resize_bicubic_hwc(x.f32(), 6, 9, 17, 13, 4, y.f32());
+  Tensor y = ops::resize_bicubic(kCtx, x, 13, 4);
   for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(y.f32()[i], 2.5f, 1e-5f);
 }
 
@@ -466,8 +549,11 @@ TEST(Ops, BicubicMatchesTorch) {
       {6.88874817f, 8.8539505f, 12.0335159f},
       {8.5493679f, 10.7952013f, 14.8316774f},
   };
-  std::vector<float> y(Ho * Wo);
-  ops::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, y.data());
+  std::vector<float> y(Ho * Wo), yr(Ho * Wo);
+  Tensor yt = ops::resize_bicubic(kCtx, from_ptr(x.data(), {Hi, Wi, 1}), Ho, Wo);
+  std::copy(yt.f32(), yt.f32() + Ho * Wo, y.begin());
+  ops::ref::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, yr.data());
+  for (int64_t i = 0; i < Ho * Wo; ++i) EXPECT_NEAR(yr[i], y[i], 1e-5f) << "reference " << i;
   for (int64_t h = 0; h < Ho; ++h)
     for (int64_t w = 0; w < Wo; ++w) EXPECT_NEAR(y[h * Wo + w], expected[h][w], 1e-5f) << h << "," << w;
 }
@@ -487,7 +573,8 @@ TEST(Ops, BicubicMultiChannelMatchesTorch) {
       {3.2070775f, 3.42428088f, 3.79162431f, 4.31640625f, 4.84118652f, 5.20853519f, 5.42573595f},
   };
   std::vector<float> y(Ho * Wo * C);
-  ops::resize_bicubic_hwc(x.data(), Hi, Wi, C, Ho, Wo, y.data());
+  Tensor yt = ops::resize_bicubic(kCtx, from_ptr(x.data(), {Hi, Wi, C}), Ho, Wo);
+  std::copy(yt.f32(), yt.f32() + Ho * Wo * C, y.begin());
   for (int64_t h = 0; h < Ho; ++h)
     for (int64_t w = 0; w < Wo; ++w) {
       EXPECT_NEAR(y[(h * Wo + w) * C + 0], expected[h][w], 1e-5f) << h << "," << w;
@@ -507,24 +594,115 @@ TEST(Ops, BicubicDownsampleMatchesTorch) {
       {-0.92578125f, 4.76953125f, -3.76953125f, 1.92578125f},
       {3.49949384f, -1.41847622f, 1.61538029f, 2.79180956f},
   };
-  std::vector<float> y(Ho * Wo);
-  ops::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, y.data());
+  std::vector<float> y(Ho * Wo), yr(Ho * Wo);
+  Tensor yt = ops::resize_bicubic(kCtx, from_ptr(x.data(), {Hi, Wi, 1}), Ho, Wo);
+  std::copy(yt.f32(), yt.f32() + Ho * Wo, y.begin());
+  ops::ref::resize_bicubic_hwc(x.data(), Hi, Wi, 1, Ho, Wo, yr.data());
+  for (int64_t i = 0; i < Ho * Wo; ++i) EXPECT_NEAR(yr[i], y[i], 1e-5f) << "reference " << i;
   for (int64_t h = 0; h < Ho; ++h)
     for (int64_t w = 0; w < Wo; ++w) EXPECT_NEAR(y[h * Wo + w], expected[h][w], 1e-5f) << h << "," << w;
 }
 
-// ---- threads ---------------------------------------------------------------------------------------------------
-TEST(Ops, NumThreads) {
-  const int def = ops::num_threads();
-  EXPECT_GE(def, 1);
-  ops::set_num_threads(1);
-  EXPECT_EQ(ops::num_threads(), 1);
-  // results do not depend on the thread count
-  Tensor A = rnd({300, 200}), B = rnd({100, 200});
-  Tensor C1 = Tensor::empty({300, 100}), C2 = Tensor::empty({300, 100});
-  ops::gemm(300, 100, 200, A.f32(), 200, B.f32(), 200, true, C1.f32(), 100);
-  ops::set_num_threads(0);
-  EXPECT_EQ(ops::num_threads(), def);
-  ops::gemm(300, 100, 200, A.f32(), 200, B.f32(), 200, true, C2.f32(), 100);
-  EXPECT_LE(rel_l2(C1, C2), 1e-6);
+TEST(Ops, BicubicMatchesReferenceOnOddGrids) {
+  for (auto [Hi, Wi, Ho, Wo] : {std::array<int64_t, 4>{14, 14, 7, 21}, {3, 5, 11, 2}, {1, 4, 3, 3}, {9, 1, 4, 6}})
+    for (int64_t C : {1, 17}) {
+      Tensor x = rnd({Hi, Wi, C});
+      Tensor y = ops::resize_bicubic(kCtx, x, Ho, Wo), yr = Tensor::empty({Ho, Wo, C});
+      ops::ref::resize_bicubic_hwc(x.f32(), Hi, Wi, C, Ho, Wo, yr.f32());
+      EXPECT_LE(rel_l2(y, yr), kTol) << Hi << "x" << Wi << " -> " << Ho << "x" << Wo << " C " << C;
+    }
 }
+
+// ---- token and layout ops ------------------------------------------------------------------------------------
+TEST(Ops, DtProjectionMatchesReference) {
+  for (int64_t rows : {1, 5, 197})
+    for (int64_t G : {1, 4})
+      for (int64_t R : {1, 6, 12})
+        for (int64_t D : {1, 17, 96}) {
+          const int64_t P = R + 2 * 3;
+          Tensor x = rnd({rows, G * P}), w = rnd({G, D, R});  // PyTorch dt_proj layout (G, D, R)
+          Tensor wt = Tensor::empty({G, R, D});
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t d = 0; d < D; ++d)
+              for (int64_t r = 0; r < R; ++r) wt.f32()[(g * R + r) * D + d] = w.f32()[(g * D + d) * R + r];
+          Tensor y = Tensor::empty({rows, G * D}), yr = Tensor::empty({rows, G * D});
+          ops::dt_projection(kCtx, x, G, P, R, wt, y);
+          ops::ref::dt_projection(x.f32(), rows, G, P, R, w.f32(), D, yr.f32());
+          EXPECT_LE(rel_l2(y, yr), kTol) << rows << " " << G << " " << R << " " << D;
+        }
+}
+
+TEST(Ops, InsertTokenAddMatchesReference) {
+  for (int64_t B : {1, 3})
+    for (int64_t M : {1, 4, 9})
+      for (int64_t at : {int64_t(0), M / 2, M}) {
+        const int64_t D = 17;
+        Tensor p = rnd({B, M, D}), tok = rnd({D}), pos = rnd({M + 1, D});
+        Tensor y = ops::insert_token_add(kCtx, p, tok, at, pos), yr = Tensor::empty({B, M + 1, D});
+        ops::ref::insert_token_add(p.f32(), B, M, D, tok.f32(), at, pos.f32(), yr.f32());
+        EXPECT_EQ(rel_l2(y, yr), 0.0) << B << " " << M << " " << at;
+        // take_token / drop_token invert it (with a zero position table)
+        Tensor z = ops::insert_token_add(kCtx, p, tok, at, Tensor::zeros({M + 1, D}));
+        Tensor t = ops::take_token(kCtx, z, at), rest = ops::drop_token(kCtx, z, at);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t c = 0; c < D; ++c) ASSERT_EQ(t.f32()[b * D + c], tok.f32()[c]);
+        EXPECT_EQ(rel_l2(rest, p), 0.0);
+      }
+  EXPECT_THROW(ops::take_token(kCtx, rnd({1, 3, 2}), 3), Error);
+}
+
+TEST(Ops, MeanTokensAndColumns) {
+  for (int64_t L : {1, 7, 49})
+    for (int64_t C : {1, 17, 768}) {
+      Tensor x = rnd({3, L, C});
+      Tensor y = ops::mean_tokens(kCtx, x), yr = Tensor::empty({3, C});
+      ops::ref::mean_tokens(x.f32(), 3, L, C, yr.f32());
+      EXPECT_LE(rel_l2(y, yr), kTol);
+      Tensor cols = ops::take_columns(kCtx, x, C / 3, C - C / 3);
+      for (int64_t r = 0; r < 3 * L; ++r)
+        for (int64_t c = 0; c < C - C / 3; ++c) ASSERT_EQ(cols.f32()[r * (C - C / 3) + c], x.f32()[r * C + C / 3 + c]);
+    }
+}
+
+TEST(Ops, PatchMergeMatchesReference) {
+  for (auto [H, W] : {std::pair<int64_t, int64_t>{4, 6}, {5, 7}, {1, 1}, {3, 2}})
+    for (int64_t C : {1, 17}) {
+      Tensor x = rnd({2, H, W, C});
+      Tensor y = ops::patch_merge_2x2(kCtx, x), yr = Tensor::empty({2, (H + 1) / 2, (W + 1) / 2, 4 * C});
+      ops::ref::patch_merge_2x2(x.f32(), 2, H, W, C, yr.f32());
+      ASSERT_EQ(y.shape(), yr.shape());
+      EXPECT_EQ(rel_l2(y, yr), 0.0) << H << "x" << W;
+    }
+}
+
+TEST(Ops, NearestResizeAddAndSubsample) {
+  // F.interpolate(nearest) source indices: x (B, h, w, C) added into y at its size
+  for (auto [h, w, H, W] : {std::array<int64_t, 4>{3, 4, 7, 9}, {5, 5, 10, 10}, {4, 2, 4, 2}, {9, 7, 4, 3}}) {
+    Tensor x = rnd({2, h, w, 5}), y0 = rnd({2, H, W, 5});
+    Tensor y = y0.clone();
+    ops::add_nearest_resized(kCtx, x, y);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < 5; ++c) {
+            const int64_t si = ops::nearest_source_index(i, h, H), sj = ops::nearest_source_index(j, w, W);
+            ASSERT_EQ(y.f32()[((b * H + i) * W + j) * 5 + c],
+                      y0.f32()[((b * H + i) * W + j) * 5 + c] + x.f32()[((b * h + si) * w + sj) * 5 + c]);
+          }
+  }
+  Tensor x = rnd({1, 5, 4, 3});
+  Tensor s = ops::subsample2(kCtx, x);
+  ASSERT_EQ(s.shape(), Shape({1, 3, 2, 3}));
+  EXPECT_EQ(s.f32()[(2 * 2 + 1) * 3 + 2], x.f32()[(4 * 4 + 2) * 3 + 2]);
+}
+
+TEST(Ops, SupportsNamesOperandAndDtype) {
+  Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({2, 3}, DType::BF16);
+  EXPECT_EQ(ops::supports_f32("add", {{"y", &a}, {"x", &a}}), "");
+  const std::string why = ops::supports_f32("add", {{"y", &a}, {"x", &b}});
+  EXPECT_NE(why.find("operand x is bf16"), std::string::npos) << why;
+  EXPECT_THROW(ops::add(kCtx, a, b), Error);
+  Tensor none;
+  EXPECT_NE(ops::supports_f32("mul", {{"x", &none}}).find("operand x is missing"), std::string::npos);
+}
+

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 #include "mambacv/weights.h"
 #include "test_util.h"
 

@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "kernels/ops.h"
 #include "tools/args.h"
 #include "tools/commands.h"
 
@@ -16,11 +15,14 @@ namespace mambacv::cli {
 namespace {
 const char* kBenchHelp =
     "usage: mambacv bench --model M [--weights W] [--batch 1,8,32] [--size 224] [--warmup N] [--iters N] [--json]\n"
-    "                     [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
+    "                     [--per-op] [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
     "Times the forward pass (classification logits, or the backbone's features) on random inputs; random weights\n"
-    "when --weights is not given. Per batch size: median/min/max latency, images/s, peak memory, and beside them\n"
-    "the machine's measured fp32 GEMM rate and the model's real FLOPs (2 per multiply-add), so the achieved fraction\n"
-    "of the machine's GEMM peak is printed too. --json prints one object per line per batch size.\n";
+    "when --weights is not given. Prints the CPU, the ISA each kernel family dispatched to, the machine's measured\n"
+    "fp32 FMA peak (an FMA loop on all the threads) and the library GEMM's rate; then per batch size the median /\n"
+    "min / max latency, images/s, peak memory and the model's real FLOPs (2 per multiply-add) as a fraction of the\n"
+    "FMA peak. --per-op adds, per batch size, time / FLOPs / bytes per op type per stage of one traced pass.\n"
+    "--json prints one object per line: the machine first, then one per batch size.\n"
+    "bench --gemm [--threads N] [--json] times the GEMM alone on the models' shapes (1 and N threads).\n";
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -33,24 +35,6 @@ double peak_rss_mb() {
 }
 }  // namespace
 
-double measure_gemm_gflops(int threads) {
-  if (threads > 0) ops::set_num_threads(threads);
-  const int64_t n = 1024;
-  std::vector<float> a(n * n), b(n * n), c(n * n);
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> d(-1, 1);
-  for (auto& v : a) v = d(rng);
-  for (auto& v : b) v = d(rng);
-  ops::gemm(n, n, n, a.data(), n, b.data(), n, true, c.data(), n);  // warm up
-  double best = 1e30;
-  for (int i = 0; i < 5; ++i) {
-    double t0 = now_s();
-    ops::gemm(n, n, n, a.data(), n, b.data(), n, true, c.data(), n);
-    best = std::min(best, now_s() - t0);
-  }
-  return 2.0 * n * n * n / best / 1e9;
-}
-
 Model load_or_random(const Args& args, const Options& opt) {
   MAMBACV_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
   if (args.has("weights")) return Model::load(args.get("model"), args.get("weights"), opt);
@@ -60,11 +44,12 @@ Model load_or_random(const Args& args, const Options& opt) {
 int cmd_bench(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "batch", "size", "warmup", "iters"});
-  Args args("bench", argv, valued, {"json", "help"});
+  Args args("bench", argv, valued, {"json", "per-op", "gemm", "help"});
   if (args.has("help")) {
     std::fputs(kBenchHelp, stdout);
     return 0;
   }
+  if (args.has("gemm")) return bench_gemm(args.model_options().threads, args.has("json"));
   MAMBACV_CHECK(args.positionals().empty(), "bench: unexpected argument '" << args.positionals()[0] << "'");
   Options opt = args.model_options();
   Model model = load_or_random(args, opt);
@@ -75,19 +60,23 @@ int cmd_bench(const std::vector<std::string>& argv) {
   MAMBACV_CHECK(warmup >= 0 && iters >= 1, "--warmup must be >= 0 and --iters >= 1");
   const std::vector<int> batches = args.get_int_list("batch", {1, 8, 32});
   const bool json = args.has("json");
-  const int threads = opt.threads > 0 ? opt.threads : ops::num_threads();
-
-  const double gemm = measure_gemm_gflops(opt.threads);
+  const bool per_op = args.has("per-op");
+  const MachineReport machine = measure_machine(opt.threads);
+  const int threads = machine.threads;
+  const double peak = machine.fma_peak_gflops;
   const double gflop = model.flops_per_image(size, size) / 1e9;
   const std::string name = load_model_config(args.get("model")).name;
-  if (!json) {
+  if (json) {
+    nlohmann::ordered_json j = {{"machine", machine.json()}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
     std::printf("model %s  device %s  dtype %s  core %s  threads %d  size %d  weights %s\n", name.c_str(),
                 device_name(opt.device), dtype_name(opt.dtype), core_name(opt.core), threads, size,
                 args.has("weights") ? args.get("weights").c_str() : "random");
-    std::printf("machine fp32 GEMM: %.1f GFLOP/s (%s, 1024^3)   model: %.3f GFLOP per image\n", gemm,
-                ops::gemm_backend(), gflop);
-    std::printf("%6s %10s %10s %10s %10s %10s %8s\n", "batch", "median_ms", "min_ms", "max_ms", "images/s",
-                "peak_MB", "of_peak");
+    machine.print();
+    std::printf("model: %.3f GFLOP per image\n", gflop);
+    std::printf("%6s %10s %10s %10s %10s %10s %8s %8s\n", "batch", "median_ms", "min_ms", "max_ms", "images/s",
+                "peak_MB", "GFLOP/s", "of_peak");
   }
   for (int b : batches) {
     Tensor x = Tensor::empty({b, 3, size, size});
@@ -113,7 +102,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
     double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
     double ips = b / (median / 1e3);
     double achieved = gflop * b / (median / 1e3);
-    double frac = achieved / gemm;
+    double frac = achieved / peak;
+    std::vector<OpStat> ops_table;
+    if (per_op) ops_table = model.profile(x);
     if (json) {
       nlohmann::ordered_json j = {{"model", name},        {"device", device_name(opt.device)},
                           {"dtype", dtype_name(opt.dtype)}, {"core", core_name(opt.core)},
@@ -121,13 +112,33 @@ int cmd_bench(const std::vector<std::string>& argv) {
                           {"threads", threads},   {"median_ms", median},
                           {"min_ms", sorted.front()}, {"max_ms", sorted.back()},
                           {"images_per_s", ips},  {"peak_rss_mb", peak_rss_mb()},
-                          {"gemm_gflops", gemm},  {"gemm_backend", ops::gemm_backend()},  {"model_gflop", gflop},
+                          {"fma_peak_gflops", peak}, {"gemm_gflops", machine.gemm_gflops},
+                          {"gemm_backend", machine.gemm_backend}, {"model_gflop", gflop},
                           {"achieved_gflops", achieved}, {"peak_fraction", frac},
                           {"iters", iters},       {"warmup", warmup}};
+      if (per_op) {
+        nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+        for (const OpStat& o : ops_table)
+          rows.push_back({{"stage", o.stage}, {"op", o.op}, {"calls", o.calls}, {"ms", o.seconds * 1e3},
+                          {"gflop", o.flops / 1e9}, {"mbytes", o.bytes / 1e6},
+                          {"gflops", o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0}});
+        j["per_op"] = rows;
+      }
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.1f %7.1f%%\n", b, median, sorted.front(), sorted.back(), ips,
-                  peak_rss_mb(), 100.0 * frac);
+      std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.1f %8.1f %7.1f%%\n", b, median, sorted.front(), sorted.back(),
+                  ips, peak_rss_mb(), achieved, 100.0 * frac);
+      if (per_op) {
+        double total = 0;
+        for (const OpStat& o : ops_table) total += o.seconds;
+        std::printf("  per op (one traced pass, batch %d, %.2f ms in ops):\n", b, total * 1e3);
+        std::printf("  %-16s %-20s %6s %9s %6s %9s %10s %9s\n", "stage", "op", "calls", "ms", "share", "GFLOP",
+                    "MB", "GFLOP/s");
+        for (const OpStat& o : ops_table)
+          std::printf("  %-16s %-20s %6lld %9.3f %5.1f%% %9.3f %10.2f %9.1f\n", o.stage.c_str(), o.op.c_str(),
+                      static_cast<long long>(o.calls), o.seconds * 1e3, total > 0 ? 100.0 * o.seconds / total : 0.0,
+                      o.flops / 1e9, o.bytes / 1e6, o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0);
+      }
     }
     std::fflush(stdout);
   }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,21 @@ int cmd_classify(const std::vector<std::string>& args);
 int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
 
-// Shared helpers of the commands.
+// Shared helpers of the commands (tools/machine.cpp).
+// The thread count a model with Options::threads == threads uses.
+int resolve_threads(int threads);
+// The library GEMM's rate on a 1024^3 product with a packed weight, GFLOP/s.
 double measure_gemm_gflops(int threads);
+struct MachineReport {
+  std::string cpu, features, isa, gemm_backend;
+  int threads = 1;
+  double fma_peak_gflops = 0, gemm_gflops = 0;
+  nlohmann::ordered_json json() const;
+  void print() const;
+};
+MachineReport measure_machine(int threads);
+// `bench --gemm`: the GEMM on the models' shapes (no model needed).
+int bench_gemm(int threads, bool json);
 // verify for arch "mask_rcnn" fixtures (tools/verify_detection.cpp).
 int verify_detection_fixture(const std::string& fixture, const std::string& weights, const TensorMap& golden,
                              const Options& opt);

@@ -23,166 +23,100 @@ void check_nhwc(const char* op, const Tensor& x, int64_t channels) {
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 }  // namespace
 
-Tensor conv_same_nhwc(const Tensor& x, const ConvW& c, bool relu) {
+void ConvW::prepare() {
+  MAMBACV_CHECK(k % 2 == 1, "conv: kernel size must be odd, got " << k);
+  Tensor wt = Tensor::view_of(const_cast<float*>(w), {cout, cin, k, k}, DType::F32);
+  Tensor bt = b ? Tensor::view_of(const_cast<float*>(b), {cout}, DType::F32) : Tensor();
+  prepared = ops::prepare_conv2d(wt, bt, 1, 1, k / 2, k / 2);
+}
+
+void LinearW::prepare() {
+  prepared = ops::pack_weight(w, in, /*trans_b=*/true, out, in, b);
+}
+
+Tensor conv_same_nhwc(const ExecContext& ctx, const Tensor& x, const ConvW& c, bool relu) {
   check_nhwc("conv_same_nhwc", x, c.cin);
-  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2);
-  Tensor y = Tensor::empty({B, H, W, c.cout});
-  if (c.k == 1) {  // a 1x1 convolution is a linear layer over pixels
-    ops::gemm(B * H * W, c.cout, c.cin, x.f32(), c.cin, c.w, c.cin, /*trans_b=*/true, y.f32(), c.cout, c.b);
-    if (relu) ops::relu_inplace(y.f32(), y.numel());
-    return y;
-  }
-  MAMBACV_CHECK(c.k % 2 == 1, "conv_same_nhwc: kernel size must be odd, got " << c.k);
-  // Shifted GEMMs instead of im2col: copy x into a zero-padded (B, Hp, Wp, Ci) buffer and compute the output on the
-  // "wide" grid of padded rows, wide[q] for q = (b * Hp + oy) * Wp + ox. Tap (i, j) of wide[q] reads
-  // padded[q + i * Wp + j], so each tap is ONE GEMM over all pixels with a constant row offset:
-  //   wide (Q, Co) += padded[off_ij : off_ij + Q] (Q, Ci) @ w[:, :, i, j]^T (Ci, Co).
-  // The wide grid's padding columns / rows are computed and dropped (about (k-1)/W + (k-1)/H extra work).
-  const int k = c.k, p = k / 2;
-  const int64_t Ci = c.cin, Co = c.cout, Hp = H + k - 1, Wp = W + k - 1;
-  const int64_t Q = ((B - 1) * Hp + H) * Wp;  // wide rows up to the last image's last valid output row
-  Tensor padded = Tensor::zeros({B * Hp * Wp + k, Ci});  // + k zero rows: the last taps read up to Q + (k-1)(Wp+1)
-  const float* xs = x.f32();
-  float* pd = padded.f32();
-#pragma omp parallel for
-  for (int64_t r = 0; r < B * H; ++r) {
-    const int64_t b = r / H, yy = r % H;
-    std::memcpy(pd + ((b * Hp + yy + p) * Wp + p) * Ci, xs + (b * H + yy) * W * Ci,
-                static_cast<size_t>(W * Ci) * sizeof(float));
-  }
-  std::vector<float> taps(static_cast<size_t>(k * k * Co * Ci));  // (k, k, Co, Ci)
-  for (int64_t co = 0; co < Co; ++co)
-    for (int64_t ci = 0; ci < Ci; ++ci)
-      for (int t = 0; t < k * k; ++t) taps[static_cast<size_t>((t * Co + co) * Ci + ci)] = c.w[(co * Ci + ci) * k * k + t];
-  Tensor wide = Tensor::empty({Q, Co});
-  for (int i = 0; i < k; ++i)
-    for (int j = 0; j < k; ++j) {
-      const int t = i * k + j;
-      ops::gemm(Q, Co, Ci, pd + (i * Wp + j) * Ci, Ci, taps.data() + static_cast<size_t>(t) * Co * Ci, Ci,
-                /*trans_b=*/true, wide.f32(), Co, t == 0 ? c.b : nullptr, t == 0 ? 0.0f : 1.0f);
-    }
-  const float* wd = wide.f32();
-  float* yd = y.f32();
-#pragma omp parallel for
-  for (int64_t r = 0; r < B * H; ++r) {
-    const int64_t b = r / H, yy = r % H;
-    const float* src = wd + (b * Hp + yy) * Wp * Co;
-    float* dst = yd + r * W * Co;
-    if (relu) {
-      for (int64_t i = 0; i < W * Co; ++i) dst[i] = std::max(src[i], 0.0f);
-    } else {
-      std::memcpy(dst, src, static_cast<size_t>(W * Co) * sizeof(float));
-    }
-  }
-  return y;
+  MAMBACV_CHECK(c.prepared.cout == c.cout && c.prepared.cin == c.cin, "conv_same_nhwc: weights not prepared");
+  return ops::conv2d(ctx, x, c.prepared, relu);
 }
 
 // ---- ConvTranspose2d k2 s2 ----------------------------------------------------------------------------------------
-std::vector<float> pack_deconv2x2(const float* w, int64_t cin, int64_t cout) {
-  // (cin, cout, 2, 2) -> (cin, 2, 2, cout): row ci of the GEMM's B holds the four output taps of every channel
+ops::PackedWeight pack_deconv2x2(const float* w, int64_t cin, int64_t cout) {
+  // (cin, cout, 2, 2) -> B (cin, 2, 2, cout): row ci of the GEMM's B holds the four output taps of every channel
   std::vector<float> p(static_cast<size_t>(cin * 4 * cout));
   for (int64_t ci = 0; ci < cin; ++ci)
     for (int64_t co = 0; co < cout; ++co)
       for (int t = 0; t < 4; ++t) p[static_cast<size_t>((ci * 4 + t) * cout + co)] = w[(ci * cout + co) * 4 + t];
-  return p;
+  return ops::pack_weight(p.data(), 4 * cout, /*trans_b=*/false, 4 * cout, cin);
 }
 
-Tensor deconv2x2_nhwc(const Tensor& x, const float* packed, const float* bias, int64_t cout, bool relu) {
-  check_nhwc("deconv2x2_nhwc", x, -1);
-  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Ci = x.dim(3);
+Tensor deconv2x2_nhwc(const ExecContext& ctx, const Tensor& x, const ops::PackedWeight& packed, const float* bias,
+                      int64_t cout, bool relu) {
+  check_nhwc("deconv2x2_nhwc", x, packed.K);
+  MAMBACV_CHECK(packed.N == 4 * cout, "deconv2x2_nhwc: packed weight has " << packed.N << " columns, expected 4 x "
+                                                                           << cout);
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2);
   // (B*H*W, Ci) @ (Ci, 4*Co) -> per input pixel its (i, j, co) block
-  Tensor blocks = Tensor::empty({B * H * W, 4 * cout});
-  ops::gemm(B * H * W, 4 * cout, Ci, x.f32(), Ci, packed, 4 * cout, /*trans_b=*/false, blocks.f32(), 4 * cout);
-  Tensor y = Tensor::empty({B, 2 * H, 2 * W, cout});
+  Tensor blocks = ctx.empty({B * H * W, 4 * cout});
+  ops::linear(ctx, x.reshape({B * H * W, x.dim(3)}), packed, blocks);
+  Tensor y = ctx.empty({B, 2 * H, 2 * W, cout});
   const float* s = blocks.f32();
   float* d = y.f32();
-#pragma omp parallel for
-  for (int64_t r = 0; r < B * H; ++r) {
-    const int64_t b = r / H, h = r % H;
-    for (int64_t w = 0; w < W; ++w) {
-      const float* blk = s + ((b * H + h) * W + w) * 4 * cout;
-      for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) {
-          float* o = d + ((b * 2 * H + 2 * h + i) * 2 * W + 2 * w + j) * cout;
-          const float* t = blk + (i * 2 + j) * cout;
-          for (int64_t co = 0; co < cout; ++co) {
-            float v = t[co] + (bias ? bias[co] : 0.0f);
-            o[co] = relu ? std::max(v, 0.0f) : v;
+  parallel_for(ctx, B * H, static_cast<double>(y.numel()), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, h = r % H;
+      for (int64_t w = 0; w < W; ++w) {
+        const float* blk = s + ((b * H + h) * W + w) * 4 * cout;
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 2; ++j) {
+            float* o = d + ((b * 2 * H + 2 * h + i) * 2 * W + 2 * w + j) * cout;
+            const float* t = blk + (i * 2 + j) * cout;
+            for (int64_t co = 0; co < cout; ++co) {
+              float v = t[co] + (bias ? bias[co] : 0.0f);
+              o[co] = relu ? std::max(v, 0.0f) : v;
+            }
           }
-        }
+      }
     }
-  }
+  });
   return y;
 }
 
 // ---- FPN ----------------------------------------------------------------------------------------------------------
-int64_t nearest_source_index(int64_t dst, int64_t in, int64_t out) {
-  // ATen upsample_nearest2d (mode "nearest", size given): identity / halving fast paths, else float scale
-  if (in == out) return dst;
-  if (out == 2 * in) return dst >> 1;
-  const float scale = static_cast<float>(in) / static_cast<float>(out);
-  return std::min(static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale)), in - 1);
-}
-
-std::vector<Tensor> fpn_forward(const std::vector<Tensor>& feats, const FpnW& w) {
+std::vector<Tensor> fpn_forward(const ExecContext& ctx, const std::vector<Tensor>& feats, const FpnW& w) {
   const size_t L = feats.size();
   MAMBACV_CHECK(L == w.lateral.size() && L == w.output.size() && L >= 1,
                 "FPN: " << w.lateral.size() << " lateral convs for " << L << " input maps");
   MAMBACV_CHECK(w.num_outs >= static_cast<int>(L), "FPN: num_outs " << w.num_outs << " < " << L << " inputs");
   std::vector<Tensor> lat(L);
-  for (size_t i = 0; i < L; ++i) lat[i] = conv_same_nhwc(feats[i], w.lateral[i], false);  // (B, H_i, W_i, C)
+  for (size_t i = 0; i < L; ++i) lat[i] = conv_same_nhwc(ctx, feats[i], w.lateral[i], false);  // (B, H_i, W_i, C)
   // top-down: lat[i-1] += nearest(lat[i]) at lat[i-1]'s size
   for (size_t i = L - 1; i >= 1; --i) {
-    const Tensor& c = lat[i];
-    Tensor& f = lat[i - 1];
-    const int64_t B = f.dim(0), H = f.dim(1), W = f.dim(2), C = f.dim(3), Hc = c.dim(1), Wc = c.dim(2);
-    MAMBACV_CHECK(c.dim(3) == C && c.dim(0) == B, "FPN: level " << i << " is " << c.str() << ", level " << i - 1
-                                                                << " is " << f.str());
-    const float* src = c.f32();
-    float* dst = f.f32();
-#pragma omp parallel for
-    for (int64_t r = 0; r < B * H; ++r) {
-      const int64_t b = r / H, y = r % H, sy = nearest_source_index(y, Hc, H);
-      for (int64_t x = 0; x < W; ++x) {
-        const int64_t sx = nearest_source_index(x, Wc, W);
-        ops::add_inplace(dst + ((b * H + y) * W + x) * C, src + ((b * Hc + sy) * Wc + sx) * C, C);
-      }
-    }
+    MAMBACV_CHECK(lat[i].dim(3) == lat[i - 1].dim(3) && lat[i].dim(0) == lat[i - 1].dim(0),
+                  "FPN: level " << i << " is " << lat[i].str() << ", level " << i - 1 << " is " << lat[i - 1].str());
+    ops::add_nearest_resized(ctx, lat[i], lat[i - 1]);
   }
   std::vector<Tensor> outs(L);
-  for (size_t i = 0; i < L; ++i) outs[i] = conv_same_nhwc(lat[i], w.output[i], false);
+  for (size_t i = 0; i < L; ++i) outs[i] = conv_same_nhwc(ctx, lat[i], w.output[i], false);
   // extra levels: max_pool2d(kernel 1, stride 2) of the last output
-  while (static_cast<int>(outs.size()) < w.num_outs) {
-    const Tensor& p = outs.back();
-    const int64_t B = p.dim(0), H = p.dim(1), W = p.dim(2), C = p.dim(3), Ho = (H + 1) / 2, Wo = (W + 1) / 2;
-    Tensor q = Tensor::empty({B, Ho, Wo, C});
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t y = 0; y < Ho; ++y)
-        for (int64_t x = 0; x < Wo; ++x)
-          std::memcpy(q.f32() + ((b * Ho + y) * Wo + x) * C, p.f32() + ((b * H + 2 * y) * W + 2 * x) * C,
-                      static_cast<size_t>(C) * sizeof(float));
-    outs.push_back(q);
-  }
+  while (static_cast<int>(outs.size()) < w.num_outs) outs.push_back(ops::subsample2(ctx, outs.back()));
   return outs;
 }
 
 // ---- RPN ----------------------------------------------------------------------------------------------------------
-RpnLevelOut rpn_head_level(const Tensor& level, const RpnW& w) {
+RpnLevelOut rpn_head_level(const ExecContext& ctx, const Tensor& level, const RpnW& w) {
   check_nhwc("rpn_head", level, w.conv.cin);
   MAMBACV_CHECK(level.dim(0) == 1, "rpn_head: one image at a time, found " << level.str());
   const int64_t H = level.dim(1), W = level.dim(2), A = w.cls.cout;
-  Tensor t = conv_same_nhwc(level, w.conv, /*relu=*/true);  // (1, H, W, F)
+  Tensor t = conv_same_nhwc(ctx, level, w.conv, /*relu=*/true);  // (1, H, W, F)
   RpnLevelOut o;
   o.h = H;
   o.w = W;
   // rpn_cls: (HW, A) = location-major, anchor-minor, as permute(0, 2, 3, 1).reshape(-1)
-  o.scores = Tensor::empty({H * W * A});
-  ops::gemm(H * W, A, w.cls.cin, t.f32(), w.cls.cin, w.cls.w, w.cls.cin, true, o.scores.f32(), A, w.cls.b);
-  float* s = o.scores.f32();
-  for (int64_t i = 0; i < H * W * A; ++i) s[i] = sigmoid(s[i]);
+  o.scores = conv_same_nhwc(ctx, t, w.cls, false).reshape({H * W * A});
+  ops::activate(ctx, ops::Act::Sigmoid, o.scores);
   // rpn_reg: (HW, 4A), channel a*4 + k -> (HW*A, 4)
-  o.deltas = Tensor::empty({H * W * A, 4});
-  ops::gemm(H * W, 4 * A, w.reg.cin, t.f32(), w.reg.cin, w.reg.w, w.reg.cin, true, o.deltas.f32(), 4 * A, w.reg.b);
+  o.deltas = conv_same_nhwc(ctx, t, w.reg, false).reshape({H * W * A, 4});
   return o;
 }
 
@@ -247,7 +181,8 @@ Tensor rpn_proposals(const std::vector<RpnLevelOut>& levels, const RpnConfig& cf
 }
 
 // ---- box head -----------------------------------------------------------------------------------------------------
-void box_head_forward(const Tensor& roi_feats, const BoxHeadW& w, Tensor* cls_score, Tensor* deltas) {
+void box_head_forward(const ExecContext& ctx, const Tensor& roi_feats, const BoxHeadW& w, Tensor* cls_score,
+                      Tensor* deltas) {
   MAMBACV_CHECK(roi_feats.defined() && roi_feats.ndim() == 4 && roi_feats.dtype() == DType::F32,
                 "box_head: expected f32 (n, C, r, r) RoI features, found " << roi_feats.str());
   const int64_t n = roi_feats.dim(0), in = roi_feats.numel() / std::max<int64_t>(n, 1);
@@ -257,12 +192,12 @@ void box_head_forward(const Tensor& roi_feats, const BoxHeadW& w, Tensor* cls_sc
   *cls_score = Tensor::empty({n, w.cls.out});
   *deltas = Tensor::empty({n, w.reg.out});
   if (n == 0) return;
-  ops::linear(roi_feats.f32(), n, w.fc1.in, w.fc1.w, w.fc1.b, w.fc1.out, h1.f32());
-  ops::relu_inplace(h1.f32(), h1.numel());
-  ops::linear(h1.f32(), n, w.fc2.in, w.fc2.w, w.fc2.b, w.fc2.out, h2.f32());
-  ops::relu_inplace(h2.f32(), h2.numel());
-  ops::linear(h2.f32(), n, w.cls.in, w.cls.w, w.cls.b, w.cls.out, cls_score->f32());
-  ops::linear(h2.f32(), n, w.reg.in, w.reg.w, w.reg.b, w.reg.out, deltas->f32());
+  ops::linear(ctx, roi_feats.reshape({n, w.fc1.in}), w.fc1.prepared, h1);
+  ops::activate(ctx, ops::Act::Relu, h1);
+  ops::linear(ctx, h1, w.fc2.prepared, h2);
+  ops::activate(ctx, ops::Act::Relu, h2);
+  ops::linear(ctx, h2, w.cls.prepared, *cls_score);
+  ops::linear(ctx, h2, w.reg.prepared, *deltas);
 }
 
 namespace {
@@ -341,7 +276,7 @@ Detections box_postprocess(const Tensor& proposals, const Tensor& cls_score, con
 }
 
 // ---- mask head ----------------------------------------------------------------------------------------------------
-Tensor mask_head_probs(const Tensor& roi_feats, const MaskHeadW& w, const Tensor& labels) {
+Tensor mask_head_probs(const ExecContext& ctx, const Tensor& roi_feats, const MaskHeadW& w, const Tensor& labels) {
   MAMBACV_CHECK(roi_feats.defined() && roi_feats.ndim() == 4 && roi_feats.dtype() == DType::F32,
                 "mask_head: expected f32 (n, C, r, r) RoI features, found " << roi_feats.str());
   const int64_t n = roi_feats.dim(0), C = roi_feats.dim(1), r = roi_feats.dim(2), r2 = roi_feats.dim(3);
@@ -349,26 +284,27 @@ Tensor mask_head_probs(const Tensor& roi_feats, const MaskHeadW& w, const Tensor
                 "mask_head: expected " << n << " i64 labels, found " << labels.str());
   Tensor out = Tensor::empty({n, 2 * r, 2 * r2});
   if (n == 0) return out;
-  Tensor x = Tensor::empty({n, r, r2, C});
-  ops::nchw_to_nhwc(roi_feats.f32(), n, C, r * r2, x.f32());
-  for (const ConvW& c : w.convs) x = conv_same_nhwc(x, c, /*relu=*/true);
-  x = deconv2x2_nhwc(x, w.up_packed, w.up_b, w.up_cout, /*relu=*/true);  // (n, 2r, 2r, Cm)
+  (void)C;
+  Tensor x = ops::nchw_to_nhwc(ctx, roi_feats);
+  for (const ConvW& c : w.convs) x = conv_same_nhwc(ctx, x, c, /*relu=*/true);
+  x = deconv2x2_nhwc(ctx, x, w.up_packed, w.up_b, w.up_cout, /*relu=*/true);  // (n, 2r, 2r, Cm)
   const int64_t P = 4 * r * r2, Cm = x.dim(3), K = w.logits.cout;
   MAMBACV_CHECK(Cm == w.logits.cin, "mask_head: conv_logits expects " << w.logits.cin << " channels, found " << Cm);
   const int64_t* lab = labels.data<int64_t>();
-#pragma omp parallel for
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t l = lab[i];
-    if (l < 0 || l >= K) continue;  // checked below (exceptions may not leave the parallel region)
-    const float* wl = w.logits.w + l * Cm;
-    const float bl = w.logits.b ? w.logits.b[l] : 0.0f;
-    for (int64_t p = 0; p < P; ++p) {
-      const float* xp = x.f32() + (i * P + p) * Cm;
-      float acc = 0;
-      for (int64_t c = 0; c < Cm; ++c) acc += xp[c] * wl[c];
-      out.f32()[i * P + p] = sigmoid(acc + bl);
+  parallel_for(ctx, n, static_cast<double>(n * P * Cm), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t l = lab[i];
+      if (l < 0 || l >= K) continue;  // checked below (exceptions may not leave the parallel region)
+      const float* wl = w.logits.w + l * Cm;
+      const float bl = w.logits.b ? w.logits.b[l] : 0.0f;
+      for (int64_t p = 0; p < P; ++p) {
+        const float* xp = x.f32() + (i * P + p) * Cm;
+        float acc = 0;
+        for (int64_t c = 0; c < Cm; ++c) acc += xp[c] * wl[c];
+        out.f32()[i * P + p] = sigmoid(acc + bl);
+      }
     }
-  }
+  });
   for (int64_t i = 0; i < n; ++i)
     MAMBACV_CHECK(lab[i] >= 0 && lab[i] < K, "mask_head: label " << lab[i] << " of roi " << i << " is outside [0, "
                                                                  << K << ")");

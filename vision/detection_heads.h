@@ -14,33 +14,41 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/context.h"
+#include "kernels/ops.h"
 #include "mambacv/tensor.h"
 
 namespace mambacv::heads {
 
-// A convolution's bound weights (PyTorch layout), bias may be null.
+// A convolution's bound weights (PyTorch layout, read by the references), bias may be null, and the same weights
+// prepared for ops::conv2d (prepare(), called once at bind time; the fast heads require it).
 struct ConvW {
   const float* w = nullptr;  // (cout, cin, k, k)
   const float* b = nullptr;  // (cout) or null
   int64_t cout = 0, cin = 0;
   int k = 1;
+  ops::Conv2dWeight prepared;  // stride 1, padding k/2
+  void prepare();
 };
-// A linear layer: w (out, in), b (out) or null.
+// A linear layer: w (out, in), b (out) or null; prepared: the packed GEMM operand with its bias.
 struct LinearW {
   const float* w = nullptr;
   const float* b = nullptr;
   int64_t out = 0, in = 0;
+  ops::PackedWeight prepared;
+  void prepare();
 };
 
-// conv k x k, stride 1, padding k/2 (+ ReLU): x (B, H, W, cin) -> (B, H, W, cout).
-Tensor conv_same_nhwc(const Tensor& x, const ConvW& c, bool relu);
+// conv k x k, stride 1, padding k/2 (+ ReLU): x (B, H, W, cin) -> (B, H, W, cout) (ops::conv2d).
+Tensor conv_same_nhwc(const ExecContext& ctx, const Tensor& x, const ConvW& c, bool relu);
 
 // ---- ConvTranspose2d(kernel 2, stride 2, padding 0) -------------------------------------------------------------
 // Each input pixel becomes one 2x2 output block: y[2h+i, 2w+j, co] = b[co] + sum_ci x[h, w, ci] * W[ci, co, i, j].
-// Written as one GEMM (B*H*W, cin) @ (cin, 4*cout) with the weight repacked by pack_deconv2x2 to (cin, 2, 2, cout).
-std::vector<float> pack_deconv2x2(const float* w /* (cin, cout, 2, 2) */, int64_t cin, int64_t cout);
-// x (B, H, W, cin), packed weight (cin, 2, 2, cout), bias (cout) or null -> (B, 2H, 2W, cout); optional ReLU.
-Tensor deconv2x2_nhwc(const Tensor& x, const float* packed, const float* bias, int64_t cout, bool relu);
+// Written as one GEMM (B*H*W, cin) @ (cin, 4*cout) with the weight packed by pack_deconv2x2 as (cin, 2, 2, cout).
+ops::PackedWeight pack_deconv2x2(const float* w /* (cin, cout, 2, 2) */, int64_t cin, int64_t cout);
+// x (B, H, W, cin), packed weight, bias (cout) or null -> (B, 2H, 2W, cout); optional ReLU.
+Tensor deconv2x2_nhwc(const ExecContext& ctx, const Tensor& x, const ops::PackedWeight& packed, const float* bias,
+                      int64_t cout, bool relu);
 
 // ---- FPN (mmdet/models/necks/fpn.py: FPN.forward, add_extra_convs False, start_level 0) -------------------------
 // laterals[i] = lateral_convs[i](feats[i]) (1x1, bias); for i from coarse to fine: laterals[i-1] +=
@@ -51,9 +59,7 @@ struct FpnW {
   int num_outs = 5;
 };
 // feats[i] (B, H_i, W_i, C_i) -> num_outs maps (B, h, w, out_channels).
-std::vector<Tensor> fpn_forward(const std::vector<Tensor>& feats, const FpnW& w);
-// F.interpolate(mode="nearest", size=(Ho, Wo)) source index: floor(dst * (float)(in / out)), at most in - 1.
-int64_t nearest_source_index(int64_t dst, int64_t in, int64_t out);
+std::vector<Tensor> fpn_forward(const ExecContext& ctx, const std::vector<Tensor>& feats, const FpnW& w);
 
 // ---- RPN (mmdet/models/dense_heads/rpn_head.py: RPNHead.forward_single and _get_bboxes, mmdet 2.11) ------------
 struct RpnW {
@@ -76,7 +82,7 @@ struct RpnLevelOut {
   Tensor scores, deltas;
   int64_t h = 0, w = 0;
 };
-RpnLevelOut rpn_head_level(const Tensor& level, const RpnW& w);
+RpnLevelOut rpn_head_level(const ExecContext& ctx, const Tensor& level, const RpnW& w);
 // RPNHead._get_bboxes for one image: per level the top nms_pre scores (stable descending sort), decoded against the
 // level's anchors (means/stds, clipped to the unpadded img_h x img_w), boxes with w or h < min_bbox_size dropped
 // when min_bbox_size > 0, batched NMS over all levels with the level as the id, the best max_per_img.
@@ -89,7 +95,8 @@ struct BoxHeadW {
   LinearW cls, reg;   // fc_cls (K+1, fc), fc_reg (4K, fc)
 };
 // roi_feats (n, C, r, r) -> cls_score (n, K+1) logits, deltas (n, 4K).
-void box_head_forward(const Tensor& roi_feats, const BoxHeadW& w, Tensor* cls_score, Tensor* deltas);
+void box_head_forward(const ExecContext& ctx, const Tensor& roi_feats, const BoxHeadW& w, Tensor* cls_score,
+                      Tensor* deltas);
 
 struct RcnnConfig {
   float score_thr = 0.05f;
@@ -114,14 +121,14 @@ Detections box_postprocess(const Tensor& proposals /* (n, >=4) */, const Tensor&
 // ---- FCN mask head (mmdet/models/roi_heads/mask_heads/fcn_mask_head.py: FCNMaskHead.forward) --------------------
 struct MaskHeadW {
   std::vector<ConvW> convs;        // 3x3 + ReLU each
-  const float* up_packed = nullptr;  // pack_deconv2x2 of upsample.weight
+  ops::PackedWeight up_packed;     // pack_deconv2x2 of upsample.weight
   const float* up_b = nullptr;
   int64_t up_cout = 0;
   ConvW logits;                    // 1x1, K classes
 };
 // roi_feats (n, C, r, r) -> the sigmoid probabilities of each roi's class `labels[i]`: (n, 2r, 2r).
 // Only the needed logit channel is computed (conv_logits is 1x1, so the other classes' channels do not matter).
-Tensor mask_head_probs(const Tensor& roi_feats, const MaskHeadW& w, const Tensor& labels);
+Tensor mask_head_probs(const ExecContext& ctx, const Tensor& roi_feats, const MaskHeadW& w, const Tensor& labels);
 
 // COCO RLE of a 0/1 u8 (h, w) mask whose foreground lies inside rows [y0, y1) x columns [x0, x1) (clamped); same
 // result as det::rle_encode, without walking the zero columns pixel by pixel.

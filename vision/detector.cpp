@@ -26,15 +26,15 @@ void check_options(const DetectOptions& o) {
                 "detect: score_thr must be in [0, 1] (or < 0 for the config's), got " << o.score_thr);
 }
 
-detail::MaskRcnnRequest make_request(const DetectOptions& o) {
-  detail::MaskRcnnRequest r;
+detail::DetectionCall make_request(const DetectOptions& o) {
+  detail::DetectionCall r;
   r.score_thr = o.score_thr;
   r.max_per_img = o.max_per_img;
   r.masks = o.masks;
   return r;
 }
 
-DetectionResult to_result(const detail::MaskRcnnImageOut& o, const detail::MaskRcnnRequest& r) {
+DetectionResult to_result(const detail::MaskRcnnImageOut& o, const detail::DetectionCall& r) {
   DetectionResult res;
   res.width = static_cast<int>(o.out_w);
   res.height = static_cast<int>(o.out_h);
@@ -123,12 +123,9 @@ std::vector<DetectionResult> Detector::detect_batch(const Tensor& input, const s
   MAMBACV_CHECK(static_cast<int64_t>(shapes.size()) == input.dim(0),
                 "detect: " << shapes.size() << " image shapes for a batch of " << input.dim(0));
   const double t0 = now_ms();
-  detail::MaskRcnnRequest req = make_request(opt);
+  detail::DetectionCall req = make_request(opt);
   for (const auto& s : shapes) req.images.push_back({s[0], s[1], false, s[0], s[1], 1.0f, 1.0f});
-  {
-    detail::ScopedMaskRcnnRequest scope(&req);
-    model_.forward_all(input);
-  }
+  model_.run(input, {"*"}, &req);
   std::vector<DetectionResult> out;
   for (const auto& o : req.out) out.push_back(to_result(o, req));
   for (auto& r : out) r.timings.total_ms = now_ms() - t0;
@@ -146,12 +143,9 @@ DetectionResult Detector::detect(const Image& image, const DetectOptions& opt) c
   const double t0 = now_ms();
   DetectionInput in = prepare_detection_input(image, opt.max_long, opt.max_short, 32);
   const double t1 = now_ms();
-  detail::MaskRcnnRequest req = make_request(opt);
+  detail::DetectionCall req = make_request(opt);
   req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
-  {
-    detail::ScopedMaskRcnnRequest scope(&req);
-    model_.forward_all(in.input);
-  }
+  model_.run(in.input, {"*"}, &req);
   DetectionResult r = to_result(req.out.at(0), req);
   r.timings.preprocess_ms = t1 - t0;
   r.timings.total_ms = now_ms() - t0;
@@ -163,12 +157,11 @@ std::map<std::string, Tensor> Detector::forward_all(const Tensor& input, int img
   check_options(opt);
   MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
                 "forward_all: expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "empty"));
-  detail::MaskRcnnRequest req = make_request(opt);
+  detail::DetectionCall req = make_request(opt);
   req.want_tensors = true;
   req.want_bitmaps = opt.masks;
   req.images.push_back({img_height, img_width, false, img_height, img_width, 1.0f, 1.0f});
-  detail::ScopedMaskRcnnRequest scope(&req);
-  return model_.forward_all(input);
+  return model_.run(input, {"*"}, &req);
 }
 
 }  // namespace mambacv

@@ -16,14 +16,6 @@
 namespace mambacv::detail {
 
 namespace {
-thread_local MaskRcnnRequest* t_request = nullptr;
-}
-
-MaskRcnnRequest* current_mask_rcnn_request() { return t_request; }
-ScopedMaskRcnnRequest::ScopedMaskRcnnRequest(MaskRcnnRequest* r) : prev_(t_request) { t_request = r; }
-ScopedMaskRcnnRequest::~ScopedMaskRcnnRequest() { t_request = prev_; }
-
-namespace {
 
 using json = nlohmann::json;
 
@@ -309,19 +301,6 @@ MaskRcnnConfig parse_mask_rcnn(const ModelConfig& mc) {
   return c;
 }
 
-Tensor nhwc_to_nchw(const Tensor& t) {  // (B, H, W, C) -> (B, C, H, W)
-  const int64_t B = t.dim(0), H = t.dim(1), W = t.dim(2), C = t.dim(3);
-  Tensor o = Tensor::empty({B, C, H, W});
-  ops::nhwc_to_nchw(t.f32(), B, H * W, C, o.f32());
-  return o;
-}
-Tensor nchw_to_nhwc(const Tensor& t) {  // (B, C, H, W) -> (B, H, W, C)
-  const int64_t B = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3);
-  Tensor o = Tensor::empty({B, H, W, C});
-  ops::nchw_to_nhwc(t.f32(), B, C, H * W, o.f32());
-  return o;
-}
-
 class MaskRcnnNetwork final : public Network {
  public:
   explicit MaskRcnnNetwork(const ModelConfig& mc) : cfg_(parse_mask_rcnn(mc)), backbone_(make_network(cfg_.backbone)) {
@@ -402,6 +381,7 @@ class MaskRcnnNetwork final : public Network {
       else
         w_[n] = t;
     }
+    // the heads keep raw pointers into w_ (their references read them) beside the prepared forms
     backbone_->bind(bb);
     const MaskRcnnConfig& c = cfg_;
     auto conv = [&](const std::string& n, int k) {
@@ -412,11 +392,14 @@ class MaskRcnnNetwork final : public Network {
       cw.cout = t.dim(0);
       cw.cin = t.dim(1);
       cw.k = k;
+      cw.prepare();
       return cw;
     };
     auto lin = [&](const std::string& n) {
       const Tensor& t = w_.at(n + ".weight");
-      return heads::LinearW{t.f32(), w_.at(n + ".bias").f32(), t.dim(0), t.dim(1)};
+      heads::LinearW l{t.f32(), w_.at(n + ".bias").f32(), t.dim(0), t.dim(1), {}};
+      l.prepare();
+      return l;
     };
     fpn_.num_outs = c.num_outs;
     for (size_t i = 0; i < c.fpn_in.size(); ++i) {
@@ -434,18 +417,19 @@ class MaskRcnnNetwork final : public Network {
       mask_.convs.push_back(conv("roi_head.mask_head.convs." + std::to_string(i) + ".conv",
                                  static_cast<int>(c.mask_kernel)));
     const Tensor& up = w_.at("roi_head.mask_head.upsample.weight");
-    up_packed_ = heads::pack_deconv2x2(up.f32(), up.dim(0), up.dim(1));
-    mask_.up_packed = up_packed_.data();
+    mask_.up_packed = heads::pack_deconv2x2(up.f32(), up.dim(0), up.dim(1));
     mask_.up_b = w_.at("roi_head.mask_head.upsample.bias").f32();
     mask_.up_cout = up.dim(1);
     mask_.logits = conv("roi_head.mask_head.conv_logits", 1);
   }
 
-  std::map<std::string, Tensor> forward(const Tensor& x, const Policy& policy, const Wanted& want) const override {
+  std::map<std::string, Tensor> forward(const ExecContext& ctx, const ForwardCall& call) const override {
     const MaskRcnnConfig& c = cfg_;
+    const Tensor& x = call.x;
+    const Wanted& want = call.wanted;
     const int64_t B = x.dim(0), Hp = x.dim(2), Wp = x.dim(3);
-    MaskRcnnRequest local;
-    MaskRcnnRequest* req = current_mask_rcnn_request();
+    DetectionCall local;
+    DetectionCall* req = call.detection;
     const bool api_only = !req && want.names.count("api_features") > 0 && !want.has("detections");
     if (!req) {
       req = &local;
@@ -464,7 +448,11 @@ class MaskRcnnNetwork final : public Network {
 
     // backbone: features.i (B, C_i, H_i, W_i)
     double t0 = now_ms();
-    std::map<std::string, Tensor> feats = backbone_->forward(x, policy, Wanted{{"api_features"}});
+    ForwardCall bcall;
+    bcall.x = x;
+    bcall.policy = call.policy;
+    bcall.wanted = Wanted{{"api_features"}};
+    std::map<std::string, Tensor> feats = backbone_->forward(ctx, bcall);
     req->backbone_ms = now_ms() - t0;
     std::vector<Tensor> fin;
     for (size_t i = 0; i < c.fpn_in.size(); ++i) {
@@ -472,14 +460,15 @@ class MaskRcnnNetwork final : public Network {
       MAMBACV_CHECK(it != feats.end(), "mask_rcnn: the backbone gave no features." << i << " (out_indices must be 0.."
                                                                                    << c.fpn_in.size() - 1 << ")");
       if (req->want_tensors) out[it->first] = it->second;
-      fin.push_back(nchw_to_nhwc(it->second));
+      fin.push_back(ops::nchw_to_nhwc(ctx, it->second));
     }
 
     // FPN: levels (B, h, w, C) channels-last for the RPN, channels-first per image for RoIAlign
     t0 = now_ms();
-    std::vector<Tensor> levels = heads::fpn_forward(fin, fpn_);
+    ctx.stage("fpn");
+    std::vector<Tensor> levels = heads::fpn_forward(ctx, fin, fpn_);
     std::vector<Tensor> levels_nchw;
-    for (const Tensor& l : levels) levels_nchw.push_back(nhwc_to_nchw(l));
+    for (const Tensor& l : levels) levels_nchw.push_back(ops::nhwc_to_nchw(ctx, l));
     req->fpn_ms = now_ms() - t0;
     if (req->want_tensors)
       for (size_t i = 0; i < levels.size(); ++i) out["fpn." + std::to_string(i)] = levels_nchw[i];
@@ -487,7 +476,8 @@ class MaskRcnnNetwork final : public Network {
 
     req->out.assign(static_cast<size_t>(B), {});
     for (int64_t b = 0; b < B; ++b) {
-      run_heads(levels, levels_nchw, b, req->images[static_cast<size_t>(b)], *req, &req->out[static_cast<size_t>(b)]);
+      run_heads(ctx, levels, levels_nchw, b, req->images[static_cast<size_t>(b)], *req,
+                &req->out[static_cast<size_t>(b)]);
       if (req->want_tensors) {
         const MaskRcnnImageOut& o = req->out[static_cast<size_t>(b)];
         const std::string sfx = b == 0 ? "" : "." + std::to_string(b);
@@ -508,17 +498,19 @@ class MaskRcnnNetwork final : public Network {
 
  private:
   // RPN -> proposals -> box head -> masks for image b (StandardRoIHead.simple_test).
-  void run_heads(const std::vector<Tensor>& levels, const std::vector<Tensor>& levels_nchw, int64_t b,
-                 const MaskRcnnImage& im, const MaskRcnnRequest& req, MaskRcnnImageOut* o) const {
+  void run_heads(const ExecContext& ctx, const std::vector<Tensor>& levels, const std::vector<Tensor>& levels_nchw,
+                 int64_t b, const MaskRcnnImage& im, const DetectionCall& req, MaskRcnnImageOut* o) const {
     const MaskRcnnConfig& c = cfg_;
     double t0 = now_ms();
+    ctx.stage("rpn");
     std::vector<heads::RpnLevelOut> rpn_out;
-    for (const Tensor& l : levels) rpn_out.push_back(heads::rpn_head_level(l.slice0(b, b + 1), rpn_));
+    for (const Tensor& l : levels) rpn_out.push_back(heads::rpn_head_level(ctx, l.slice0(b, b + 1), rpn_));
     o->proposals = heads::rpn_proposals(rpn_out, c.rpn, im.img_h, im.img_w);  // (k, 5)
     o->rpn_ms = now_ms() - t0;
 
     // box head on the proposals
     t0 = now_ms();
+    ctx.stage("box_head");
     auto image_maps = [&](const RoiExtractorCfg& rc) {
       std::vector<Tensor> maps;
       for (size_t l = 0; l < rc.strides.size(); ++l) {
@@ -530,11 +522,11 @@ class MaskRcnnNetwork final : public Network {
     const int64_t k = o->proposals.dim(0);
     Tensor rois = Tensor::empty({k, 4});
     for (int64_t i = 0; i < k; ++i) std::memcpy(rois.f32() + i * 4, o->proposals.f32() + i * 5, 4 * sizeof(float));
-    Tensor feats = det::multilevel_roi_align(image_maps(c.box_roi), c.box_roi.strides, rois, c.box_roi.out_size,
+    Tensor feats = det::multilevel_roi_align(ctx, image_maps(c.box_roi), c.box_roi.strides, rois, c.box_roi.out_size,
                                              c.box_roi.out_size, c.box_roi.sampling_ratio, c.box_roi.finest_scale,
                                              c.box_roi.aligned);  // (k, C, 7, 7)
     Tensor cls, deltas;
-    heads::box_head_forward(feats, box_, &cls, &deltas);
+    heads::box_head_forward(ctx, feats, box_, &cls, &deltas);
     heads::RcnnConfig rc = c.rcnn;
     if (req.score_thr >= 0) rc.score_thr = req.score_thr;
     if (req.max_per_img >= 0) rc.max_per_img = req.max_per_img;
@@ -565,10 +557,11 @@ class MaskRcnnNetwork final : public Network {
       return;
     }
     t0 = now_ms();
-    Tensor mfeats = det::multilevel_roi_align(image_maps(c.mask_roi), c.mask_roi.strides, mask_rois,
+    ctx.stage("mask_head");
+    Tensor mfeats = det::multilevel_roi_align(ctx, image_maps(c.mask_roi), c.mask_roi.strides, mask_rois,
                                               c.mask_roi.out_size, c.mask_roi.out_size, c.mask_roi.sampling_ratio,
                                               c.mask_roi.finest_scale, c.mask_roi.aligned);  // (m, C, 14, 14)
-    Tensor probs = heads::mask_head_probs(mfeats, mask_, d.labels);                      // (m, 28, 28)
+    Tensor probs = heads::mask_head_probs(ctx, mfeats, mask_, d.labels);                      // (m, 28, 28)
     const int64_t mh = probs.dim(1), mw = probs.dim(2), H = o->out_h, W = o->out_w;
     if (req.want_bitmaps) o->mask_bitmaps = Tensor::zeros({m, H, W}, DType::U8);
     o->masks.assign(static_cast<size_t>(m), {});
@@ -600,7 +593,6 @@ class MaskRcnnNetwork final : public Network {
   heads::RpnW rpn_;
   heads::BoxHeadW box_;
   heads::MaskHeadW mask_;
-  std::vector<float> up_packed_;
 };
 
 }  // namespace

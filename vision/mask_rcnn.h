@@ -1,9 +1,8 @@
 // vision/mask_rcnn.h - internal: how the public Detector (vision/detector.cpp) talks to the "mask_rcnn" Network.
 //
-// Network::forward takes only (x, policy, wanted), but detection also needs each image's unpadded size, the
-// rescale parameters and per-call options, and returns structured results. The Detector therefore installs a
-// MaskRcnnRequest for the calling thread (ScopedMaskRcnnRequest) and calls Model::forward_all on that thread; the
-// network reads the request and writes its results into it. Without a request (e.g. a plain Model::forward_all or
+// Detection needs each image's unpadded size, the rescale parameters and per-call options, and returns structured
+// results. The Detector passes them in a DetectionCall through ForwardCall::detection (vision/network.h); the
+// network reads the request part and writes the result part. Without one (a plain Model::forward_all or
 // `mambacv info`), the network treats every image as unpadded and uses the config's test_cfg.
 #pragma once
 
@@ -30,7 +29,7 @@ struct MaskRcnnImageOut {
   double rpn_ms = 0, box_ms = 0, mask_ms = 0;
 };
 
-struct MaskRcnnRequest {
+struct DetectionCall {
   // inputs
   std::vector<MaskRcnnImage> images;  // one per batch item
   float score_thr = -1;               // < 0: config
@@ -41,20 +40,6 @@ struct MaskRcnnRequest {
   // outputs
   std::vector<MaskRcnnImageOut> out;
   double backbone_ms = 0, fpn_ms = 0;
-};
-
-// The calling thread's request (null when none is installed).
-MaskRcnnRequest* current_mask_rcnn_request();
-
-class ScopedMaskRcnnRequest {
- public:
-  explicit ScopedMaskRcnnRequest(MaskRcnnRequest* r);
-  ~ScopedMaskRcnnRequest();
-  ScopedMaskRcnnRequest(const ScopedMaskRcnnRequest&) = delete;
-  ScopedMaskRcnnRequest& operator=(const ScopedMaskRcnnRequest&) = delete;
-
- private:
-  MaskRcnnRequest* prev_;
 };
 
 }  // namespace mambacv::detail

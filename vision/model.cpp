@@ -2,32 +2,60 @@
 #include <cmath>
 #include <random>
 
-#include "kernels/flops.h"
-#include "kernels/ops.h"
+#include <cstring>
+
+#include "kernels/context.h"
+#include "kernels/host_allocator.h"
 #include "mambacv/mambacv.h"
 #include "vision/network.h"
 
 namespace mambacv {
 
-const char* core_name(Core c) { return c == Core::V0 ? "v0" : "v1"; }
-
-Core parse_core(const std::string& s) {
-  if (s == "v0" || s == "0" || s == "corev0") return Core::V0;
-  if (s == "v1" || s == "1" || s == "corev1") return Core::V1;
-  MAMBACV_FAIL("--core: expected v0 or v1, got '" << s << "'");
+namespace {
+// Validates that this build can run `opt` (device, dtype) and returns the policy for it. Throws Error naming the
+// option that cannot be honoured yet.
+detail::Policy make_policy(const Options& opt) {
+  require_device(opt.device, "model");
+  MAMBACV_CHECK(opt.device == Device::Cpu,
+                "--device cuda: the CUDA model path is not implemented yet in this version; use --device cpu");
+  MAMBACV_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::F16 || opt.dtype == DType::BF16,
+                "--dtype: expected f32, f16 or bf16, got " << dtype_name(opt.dtype));
+  MAMBACV_CHECK(opt.dtype == DType::F32, "--dtype " << dtype_name(opt.dtype)
+                                                    << ": reduced-precision compute is not implemented yet in this "
+                                                       "version; use --dtype f32");
+  MAMBACV_CHECK(opt.threads >= 0, "--threads: expected 0 (all cores) or a positive count, got " << opt.threads);
+  detail::Policy p;
+  p.compute = opt.dtype;
+  p.core = opt.core;
+  return p;
 }
 
-namespace {
+// Counts FLOPs (and, when timing, seconds and bytes) per (stage, op).
+class StatSink final : public TraceSink {
+ public:
+  explicit StatSink(bool timed) : timed_(timed) {}
+  bool wants_time() const override { return timed_; }
+  void record(const char* op, double seconds, double flops, double bytes) override {
+    total_flops += flops;
+    for (OpStat& s : stats)
+      if (s.stage == stage() && s.op == op) {
+        ++s.calls, s.seconds += seconds, s.flops += flops, s.bytes += bytes;
+        return;
+      }
+    stats.push_back({stage(), op, 1, seconds, flops, bytes});
+  }
+  std::vector<OpStat> stats;
+  double total_flops = 0;
+
+ private:
+  bool timed_;
+};
+
 // Float weights converted to f32 host tensors (the compute copy; reduced-precision copies are made per policy).
 TensorMap to_host_f32(const TensorMap& w) {
   TensorMap out;
   for (const auto& [name, t] : w) out[name] = t.dtype() == DType::F32 ? t : t.to(DType::F32);
   return out;
-}
-
-// Applies --threads to the calling thread's parallel regions (OpenMP's thread count is per calling thread).
-void apply_threads(const Options& opt) {
-  if (opt.threads > 0) ops::set_num_threads(opt.threads);
 }
 
 void check_input(const Tensor& x, const detail::Network& net) {
@@ -38,10 +66,12 @@ void check_input(const Tensor& x, const detail::Network& net) {
 }
 }  // namespace
 
-Model::Model(std::shared_ptr<const detail::Network> net, Options opt) : net_(std::move(net)), opt_(opt) {}
+Model::Model(std::shared_ptr<const detail::Network> net, Options opt) : net_(std::move(net)), opt_(opt) {
+  if (opt_.host_cache_mb >= 0) alloc_ = std::make_shared<HostAllocator>(static_cast<size_t>(opt_.host_cache_mb) << 20);
+}
 
 Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Options& opt, const std::string& source) {
-  detail::make_policy(opt);  // reject unsupported options before the work
+  make_policy(opt);  // reject unsupported options before the work
   std::unique_ptr<detail::Network> net = detail::make_network(cfg);
   TensorMap w = net->canonicalize(weights);
   for (const auto& [name, t] : w)
@@ -59,7 +89,7 @@ Model Model::load(const std::string& config, const std::string& weights, const O
 }
 
 Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
-  detail::make_policy(opt);
+  make_policy(opt);
   std::unique_ptr<detail::Network> net = detail::make_network(cfg);
   std::mt19937_64 rng(seed);
   TensorMap w;
@@ -112,35 +142,42 @@ InputSpec Model::input_spec() const {
   return s;
 }
 
+std::map<std::string, Tensor> Model::run(const Tensor& x, const std::vector<std::string>& wanted,
+                                         detail::DetectionCall* detection, void* trace) const {
+  check_input(x, *net_);
+  ExecContext ctx = ExecContext::cpu(opt_.threads);
+  ctx.alloc = alloc_;
+  ctx.trace = static_cast<TraceSink*>(trace);
+  detail::ForwardCall call;
+  call.x = x;
+  call.policy = make_policy(opt_);
+  call.wanted.names.insert(wanted.begin(), wanted.end());
+  call.detection = detection;
+  return net_->forward(ctx, call);
+}
+
 Tensor Model::classify(const Tensor& x) const {
-  check_input(x, *net_);
-  apply_threads(opt_);
   MAMBACV_CHECK(net_->num_classes() > 0, "classify: model '" << net_->arch() << "' has no classifier head");
-  auto out = net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"logits"}});
-  return out.at("logits");
+  return run(x, {"logits"}).at("logits");
 }
 
-std::map<std::string, Tensor> Model::features(const Tensor& x) const {
-  check_input(x, *net_);
-  apply_threads(opt_);
-  return net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"api_features"}});
-}
+std::map<std::string, Tensor> Model::features(const Tensor& x) const { return run(x, {"api_features"}); }
 
-std::map<std::string, Tensor> Model::forward_all(const Tensor& x) const {
-  check_input(x, *net_);
-  apply_threads(opt_);
-  return net_->forward(x, detail::make_policy(opt_), detail::Wanted{{"*"}});
-}
+std::map<std::string, Tensor> Model::forward_all(const Tensor& x) const { return run(x, {"*"}); }
 
 double Model::flops_per_image(int height, int width) const {
-  Tensor x = Tensor::zeros({1, 3, height, width});
-  check_input(x, *net_);
-  apply_threads(opt_);
-  ops::FlopCounter counter;
-  net_->forward(x, detail::make_policy(opt_),
-                detail::Wanted{{net_->num_classes() > 0 ? "logits" : "api_features"}});
-  return counter.flops();
+  StatSink sink(/*timed=*/false);
+  run(Tensor::zeros({1, 3, height, width}), {net_->num_classes() > 0 ? "logits" : "api_features"}, nullptr, &sink);
+  return sink.total_flops;
 }
+
+std::vector<OpStat> Model::profile(const Tensor& x) const {
+  StatSink sink(/*timed=*/true);
+  run(x, {net_->num_classes() > 0 ? "logits" : "api_features"}, nullptr, &sink);
+  return sink.stats;
+}
+
+size_t Model::cached_bytes() const { return alloc_ ? alloc_->idle_bytes() : default_host_allocator()->idle_bytes(); }
 
 int64_t Model::num_parameters() const {
   int64_t n = 0;

@@ -92,14 +92,21 @@ class VimNetwork final : public Network {
     return s;
   }
 
-  void bind(const TensorMap& w) override {
-    w_ = w;
+  void bind(const TensorMap& weights) override {
+    WeightTable w("vim", weights);
     const int64_t D = cfg_.embed_dim, E = cfg_.expand * D;
+    const int P = static_cast<int>(cfg_.patch_size), S = static_cast<int>(cfg_.stride);
+    patch_embed_ = w.conv("patch_embed.proj.weight", "patch_embed.proj.bias", S, S, 0, 0);
+    cls_token_ = w.at("cls_token").reshape({D});
+    pos_embed_ = w.at("pos_embed").reshape({grid0_ * grid0_ + 1, D});
+    norm_f_ = w.at("norm_f.weight");
+    if (cfg_.num_classes > 0) head_ = w.linear("head.weight", "head.bias");
+    (void)P;
     layers_.resize(static_cast<size_t>(cfg_.depth));
     for (int64_t i = 0; i < cfg_.depth; ++i) {
       std::string p = "layers." + std::to_string(i) + ".";
       Layer& L = layers_[static_cast<size_t>(i)];
-      L.norm = f(p + "norm.weight");
+      L.norm = w.at(p + "norm.weight");
       ssm::BiMambaWeights& m = L.mixer;
       m.d_model = D;
       m.d_inner = E;
@@ -107,25 +114,24 @@ class VimNetwork final : public Network {
       m.dt_rank = cfg_.dt_rank;
       m.d_conv = cfg_.d_conv;
       m.divide_out = cfg_.divide_out;
-      m.in_proj = f(p + "mixer.in_proj.weight");
-      m.out_proj = f(p + "mixer.out_proj.weight");
+      m.in_proj = w.linear(p + "mixer.in_proj.weight");
+      m.out_proj = w.linear(p + "mixer.out_proj.weight");
       for (int k = 0; k < 2; ++k) {
         std::string q = k ? "_b" : "";
         ssm::MambaDirectionWeights& d = k ? m.bwd : m.fwd;
-        d.conv_w = f(p + "mixer.conv1d" + q + ".weight");
-        d.conv_b = f(p + "mixer.conv1d" + q + ".bias");
-        d.x_proj = f(p + "mixer.x_proj" + q + ".weight");
-        d.dt_proj_w = f(p + "mixer.dt_proj" + q + ".weight");
-        d.dt_proj_b = f(p + "mixer.dt_proj" + q + ".bias");
-        d.D = f(p + "mixer.D" + q);
-        const Tensor& alog = w_.at(p + "mixer.A" + q + "_log");
-        d.A = Tensor::empty(alog.shape());
-        for (int64_t j = 0; j < alog.numel(); ++j) d.A.f32()[j] = -std::exp(alog.f32()[j]);
+        d.conv = w.depthwise(p + "mixer.conv1d" + q + ".weight", p + "mixer.conv1d" + q + ".bias");
+        d.x_proj = w.linear(p + "mixer.x_proj" + q + ".weight");
+        d.dt_proj_b = w.at(p + "mixer.dt_proj" + q + ".bias");
+        d.D = w.at(p + "mixer.D" + q);
+        ssm::prepare_direction(d, w.at(p + "mixer.A" + q + "_log"), w.at(p + "mixer.dt_proj" + q + ".weight"));
+        w.erase(p + "mixer.dt_proj" + q + ".weight");
       }
     }
   }
 
-  std::map<std::string, Tensor> forward(const Tensor& x, const Policy& policy, const Wanted& want) const override {
+  std::map<std::string, Tensor> forward(const ExecContext& ctx, const ForwardCall& call) const override {
+    const Tensor& x = call.x;
+    const Wanted& want = call.wanted;
     const int64_t B = x.dim(0), H = x.dim(2), W = x.dim(3);
     const int64_t D = cfg_.embed_dim, P = cfg_.patch_size, S = cfg_.stride;
     MAMBACV_CHECK(H >= P && W >= P, "input: Vim with patch " << P << " needs images of at least " << P << "x" << P
@@ -134,63 +140,39 @@ class VimNetwork final : public Network {
     std::map<std::string, Tensor> out;
 
     // patch_embed: (B, 3, H, W) -> NHWC -> conv k=P stride S -> tokens (B, M, D) in raster order
-    Tensor xh = Tensor::empty({B, H, W, 3});
-    ops::nchw_to_nhwc(x.f32(), B, 3, H * W, xh.f32());
-    Tensor patches = Tensor::empty({B, M, D});
-    ops::conv2d_nhwc(xh.f32(), B, H, W, 3, f("patch_embed.proj.weight"), f("patch_embed.proj.bias"), D,
-                     static_cast<int>(P), static_cast<int>(P), static_cast<int>(S), static_cast<int>(S), 0, 0,
-                     patches.f32());
+    ctx.stage("patch_embed");
+    Tensor patches = ops::conv2d(ctx, ops::nchw_to_nhwc(ctx, x), patch_embed_).reshape({B, M, D});
     if (want.has("patch_embed")) out["patch_embed"] = patches.clone();
 
     // tokens (B, T, D): [t_0 .. t_{M/2-1}, cls, t_{M/2} ..] + pos_embed (interpolated to the grid if needed)
-    Tensor pos = position_embedding(gh, gw);  // (T, D)
-    Tensor residual = Tensor::empty({B, T, D});
-    {
-      const float* pe = patches.f32();
-      const float* cls = f("cls_token");
-      const float* pp = pos.f32();
-      float* r = residual.f32();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < T; ++t) {
-          const float* src = t < cls_pos ? pe + (b * M + t) * D : t == cls_pos ? cls : pe + (b * M + t - 1) * D;
-          float* dst = r + (b * T + t) * D;
-          for (int64_t c = 0; c < D; ++c) dst[c] = src[c] + pp[t * D + c];
-        }
-    }
+    const std::shared_ptr<const Tensor> pos =
+        pos_cache_.get({gh, gw}, [&] { return position_embedding(ExecContext::cpu(ctx.threads), gh, gw); });
+    Tensor residual = ops::insert_token_add(ctx, patches, cls_token_, cls_pos, *pos);
 
     // layers: residual stream in fp32; h = Mixer(RMSNorm(residual)); residual += h (first layer: residual = x)
-    Tensor normed = Tensor::empty({B, T, D});
-    Tensor h = Tensor::empty({B, T, D});
+    Tensor normed = ctx.empty({B, T, D});
+    Tensor h;
     for (size_t i = 0; i < layers_.size(); ++i) {
-      if (i > 0) ops::add_inplace(residual.f32(), h.f32(), B * T * D);
-      ops::rms_norm(residual.f32(), B * T, D, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed.f32());
-      ssm::bimamba_v2_forward(normed.f32(), B, T, layers_[i].mixer, policy, h.f32());
+      ctx.stage("layers");
+      if (i > 0) ops::add(ctx, residual, h);
+      ops::rms_norm(ctx, residual, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed);
+      h = ssm::bimamba_v2_forward(ctx, normed, layers_[i].mixer, call.policy);
       if (i == 0 && want.has("layers.0.mixer")) out["layers.0.mixer"] = h.clone();
     }
-    ops::add_inplace(residual.f32(), h.f32(), B * T * D);
-    ops::rms_norm(residual.f32(), B * T, D, f("norm_f.weight"), static_cast<float>(cfg_.norm_eps), normed.f32());
+    ctx.stage("head");
+    ops::add(ctx, residual, h);
+    ops::rms_norm(ctx, residual, norm_f_, static_cast<float>(cfg_.norm_eps), normed);
 
     // features: the class token (B, D); tokens: the normed token map (B, D, gh, gw)
-    Tensor feat = Tensor::empty({B, D});
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(normed.f32() + (b * T + cls_pos) * D, normed.f32() + (b * T + cls_pos + 1) * D, feat.f32() + b * D);
+    Tensor feat = ops::take_token(ctx, normed, cls_pos);
     if (want.has("features")) out["features"] = feat;
     if (want.has("api_features")) {
       out["cls"] = feat;
-      Tensor tok = Tensor::empty({B, M, D});
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0, m = 0; t < T; ++t) {
-          if (t == cls_pos) continue;
-          std::copy(normed.f32() + (b * T + t) * D, normed.f32() + (b * T + t + 1) * D, tok.f32() + (b * M + m) * D);
-          ++m;
-        }
-      Tensor map = Tensor::empty({B, D, gh, gw});
-      ops::nhwc_to_nchw(tok.f32(), B, M, D, map.f32());
-      out["tokens"] = map;
+      out["tokens"] = ops::nhwc_to_nchw(ctx, ops::drop_token(ctx, normed, cls_pos).reshape({B, gh, gw, D}));
     }
-    if ((want.has("logits")) && cfg_.num_classes > 0) {
-      Tensor logits = Tensor::empty({B, cfg_.num_classes});
-      ops::linear(feat.f32(), B, D, f("head.weight"), f("head.bias"), cfg_.num_classes, logits.f32());
+    if (want.has("logits") && cfg_.num_classes > 0) {
+      Tensor logits = ctx.empty({B, cfg_.num_classes});
+      ops::linear(ctx, feat, head_, logits);
       out["logits"] = logits;
     }
     return out;
@@ -198,44 +180,33 @@ class VimNetwork final : public Network {
 
  private:
   struct Layer {
-    const float* norm = nullptr;
+    Tensor norm;
     ssm::BiMambaWeights mixer;
   };
 
-  const float* f(const std::string& n) const {
-    auto it = w_.find(n);
-    MAMBACV_CHECK(it != w_.end(), "vim: weight " << n << " was not bound");
-    return it->second.f32();
-  }
-
   // (T, D) position embedding for a gh x gw grid: the configured (grid0 x grid0) table with its class row taken
   // out, resized bicubically (align_corners=False) when the grid differs, and the class row put back at M/2.
-  Tensor position_embedding(int64_t gh, int64_t gw) const {
+  Tensor position_embedding(const ExecContext& ctx, int64_t gh, int64_t gw) const {
     const int64_t D = cfg_.embed_dim, M0 = grid0_ * grid0_, M = gh * gw;
-    const float* pe = f("pos_embed");
-    Tensor out = Tensor::empty({M + 1, D});
-    if (gh == grid0_ && gw == grid0_) {
-      std::copy(pe, pe + (M0 + 1) * D, out.f32());
-      return out;
-    }
+    if (gh == grid0_ && gw == grid0_) return pos_embed_;
     const int64_t c0 = M0 / 2, c1 = M / 2;
-    Tensor grid = Tensor::empty({M0, D});
-    std::copy(pe, pe + c0 * D, grid.f32());
-    std::copy(pe + (c0 + 1) * D, pe + (M0 + 1) * D, grid.f32() + c0 * D);
-    Tensor resized = Tensor::empty({M, D});
-    ops::resize_bicubic_hwc(grid.f32(), grid0_, grid0_, D, gh, gw, resized.f32());
-    std::copy(resized.f32(), resized.f32() + c1 * D, out.f32());
-    std::copy(pe + c0 * D, pe + (c0 + 1) * D, out.f32() + c1 * D);
-    std::copy(resized.f32() + c1 * D, resized.f32() + M * D, out.f32() + (c1 + 1) * D);
-    return out;
+    Tensor table = pos_embed_.reshape({1, M0 + 1, D});
+    Tensor grid = ops::drop_token(ctx, table, c0).reshape({grid0_, grid0_, D});
+    Tensor resized = ops::resize_bicubic(ctx, grid, gh, gw).reshape({1, M, D});
+    Tensor cls_row = ops::take_token(ctx, table, c0).reshape({D});
+    // insert_token_add with a zero table: the resized grid with the class row at c1
+    return ops::insert_token_add(ctx, resized, cls_row, c1, Tensor::zeros({M + 1, D})).reshape({M + 1, D});
   }
 
   VimConfig cfg_;
   std::string name_;
   std::string arch_ = "vim";
   int64_t grid0_ = 0;
-  TensorMap w_;
+  ops::Conv2dWeight patch_embed_;
+  Tensor cls_token_, pos_embed_, norm_f_;  // (D), (M0 + 1, D), (D)
+  ops::PackedWeight head_;
   std::vector<Layer> layers_;
+  mutable ShapeCache<std::pair<int64_t, int64_t>, Tensor> pos_cache_;  // (gh, gw) -> (T, D)
 };
 
 }  // namespace

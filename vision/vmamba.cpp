@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "kernels/ops.h"
 #include "ssm/ss2d.h"
 #include "vision/config_util.h"
 #include "vision/cross_scan.h"
@@ -145,10 +144,16 @@ VMambaConfig parse_vmamba(const ModelConfig& mc, bool backbone) {
 
 // One VSSBlock's bound weights.
 struct Block {
-  const float *norm_w = nullptr, *norm_b = nullptr;
+  Tensor norm_w, norm_b;
   ssm::SS2DWeights op;
-  const float *norm2_w = nullptr, *norm2_b = nullptr;
-  const float *fc1_w = nullptr, *fc1_b = nullptr, *fc2_w = nullptr, *fc2_b = nullptr;
+  Tensor norm2_w, norm2_b;
+  ops::PackedWeight fc1, fc2;  // with their biases
+};
+
+// A conv (+ LayerNorm over its output channels) of the patch embedding or a downsample.
+struct ConvLn {
+  ops::Conv2dWeight conv;
+  Tensor ln_w, ln_b;
 };
 
 class VMambaNetwork final : public Network {
@@ -306,17 +311,32 @@ class VMambaNetwork final : public Network {
     return out;
   }
 
-  void bind(const TensorMap& w) override {
-    w_ = w;
+  void bind(const TensorMap& weights) override {
+    WeightTable w(arch_, weights);
     const VMambaConfig& c = cfg_;
+    const int P = static_cast<int>(c.patch_size);
+    auto conv_ln = [&](const std::string& conv, const std::string& norm, int s, int pad) {
+      ConvLn r;
+      r.conv = w.conv(conv + ".weight", conv + ".bias", s, s, pad, pad);
+      r.ln_w = w.at(norm + ".weight");
+      r.ln_b = w.at(norm + ".bias");
+      return r;
+    };
+    if (c.patchembed == "v1") {
+      embed_.push_back(conv_ln("patch_embed.0", "patch_embed.2", P, 0));
+    } else {  // Conv k=P/2+1 s=P/2 p=1 -> LN -> GELU -> Conv -> LN
+      embed_.push_back(conv_ln("patch_embed.0", "patch_embed.2", P / 2, 1));
+      embed_.push_back(conv_ln("patch_embed.5", "patch_embed.7", P / 2, 1));
+    }
     blocks_.assign(static_cast<size_t>(c.stages()), {});
+    down_.assign(static_cast<size_t>(std::max<int64_t>(c.stages() - 1, 0)), {});
     for (int64_t i = 0; i < c.stages(); ++i) {
       for (int64_t j = 0; j < c.depths[i]; ++j) {
         const std::string p = "layers." + std::to_string(i) + ".blocks." + std::to_string(j) + ".";
         Block b;
-        b.norm_w = f(p + "norm.weight");
-        b.norm_b = f(p + "norm.bias");
-        ssm::SS2DWeights& o = b.op;
+        b.norm_w = w.at(p + "norm.weight");
+        b.norm_b = w.at(p + "norm.bias");
+        ssm::SS2DParams o;
         o.d_model = c.dims[i];
         o.d_inner = c.d_inner(i);
         o.d_state = c.d_state;
@@ -324,34 +344,60 @@ class VMambaNetwork final : public Network {
         o.d_conv = static_cast<int>(c.d_conv);
         o.with_z = c.forward_type.with_z;
         o.out_norm_eps = kLnEps;
-        o.in_proj = f(p + "op.in_proj.weight");
+        o.in_proj = w.at(p + "op.in_proj.weight").f32();
         if (c.d_conv > 1) {
-          o.conv_w = f(p + "op.conv2d.weight");
-          o.conv_b = c.conv_bias ? f(p + "op.conv2d.bias") : nullptr;
+          o.conv_w = w.at(p + "op.conv2d.weight").f32();
+          o.conv_b = c.conv_bias ? w.at(p + "op.conv2d.bias").f32() : nullptr;
         }
-        o.x_proj = f(p + "op.x_proj_weight");
-        o.dt_proj_w = f(p + "op.dt_projs_weight");
-        o.dt_proj_b = f(p + "op.dt_projs_bias");
-        o.Ds = f(p + "op.Ds");
-        o.out_norm_w = f(p + "op.out_norm.weight");
-        o.out_norm_b = f(p + "op.out_norm.bias");
-        o.out_proj = f(p + "op.out_proj.weight");
-        ssm::ss2d_prepare(o, f(p + "op.A_logs"));
+        o.x_proj = w.at(p + "op.x_proj_weight").f32();
+        o.dt_proj_w = w.at(p + "op.dt_projs_weight").f32();
+        o.dt_proj_b = w.at(p + "op.dt_projs_bias").f32();
+        o.A_logs = w.at(p + "op.A_logs").f32();
+        o.Ds = w.at(p + "op.Ds").f32();
+        o.out_norm_w = w.at(p + "op.out_norm.weight").f32();
+        o.out_norm_b = w.at(p + "op.out_norm.bias").f32();
+        o.out_proj = w.at(p + "op.out_proj.weight").f32();
+        b.op = ssm::ss2d_prepare(o);
+        for (const char* n : {"in_proj.weight", "conv2d.weight", "x_proj_weight", "dt_projs_weight", "out_proj.weight"})
+          w.erase(p + "op." + n);
         if (c.mlp_ratio > 0) {
-          b.norm2_w = f(p + "norm2.weight");
-          b.norm2_b = f(p + "norm2.bias");
-          b.fc1_w = f(p + "mlp.fc1.weight");
-          b.fc1_b = f(p + "mlp.fc1.bias");
-          b.fc2_w = f(p + "mlp.fc2.weight");
-          b.fc2_b = f(p + "mlp.fc2.bias");
+          b.norm2_w = w.at(p + "norm2.weight");
+          b.norm2_b = w.at(p + "norm2.bias");
+          b.fc1 = w.linear(p + "mlp.fc1.weight", p + "mlp.fc1.bias");
+          b.fc2 = w.linear(p + "mlp.fc2.weight", p + "mlp.fc2.bias");
         }
         blocks_[static_cast<size_t>(i)].push_back(std::move(b));
       }
+      if (i + 1 < c.stages()) {
+        const std::string p = "layers." + std::to_string(i) + ".downsample.";
+        Downsample& d = down_[static_cast<size_t>(i)];
+        if (c.downsample == "v1") {
+          d.merge_ln_w = w.at(p + "norm.weight");
+          d.merge_ln_b = w.at(p + "norm.bias");
+          d.reduction = w.linear(p + "reduction.weight");
+        } else if (c.downsample == "v2") {
+          d.conv = conv_ln(p + "1", p + "3", 2, 0);
+        } else {
+          d.conv = conv_ln(p + "1", p + "3", 2, 1);
+        }
+      }
+    }
+    if (c.backbone) {
+      for (int64_t i : c.out_indices) {
+        const std::string n = "outnorm" + std::to_string(i);
+        outnorm_[i] = {w.at(n + ".weight"), w.at(n + ".bias")};
+      }
+    } else {
+      cls_norm_w_ = w.at("classifier.norm.weight");
+      cls_norm_b_ = w.at("classifier.norm.bias");
+      if (c.num_classes > 0) head_ = w.linear("classifier.head.weight", "classifier.head.bias");
     }
   }
 
-  std::map<std::string, Tensor> forward(const Tensor& x, const Policy& policy, const Wanted& want) const override {
+  std::map<std::string, Tensor> forward(const ExecContext& ctx, const ForwardCall& call) const override {
     const VMambaConfig& c = cfg_;
+    const Tensor& x = call.x;
+    const Wanted& want = call.wanted;
     const int64_t B = x.dim(0), Hin = x.dim(2), Win = x.dim(3);
     MAMBACV_CHECK(Hin >= 32 && Win >= 32, "input: VMamba needs images of at least 32x32 pixels, got " << Hin << "x"
                                                                                                   << Win);
@@ -359,155 +405,116 @@ class VMambaNetwork final : public Network {
     const bool api = want.names.count("api_features") > 0;
     std::map<std::string, Tensor> out;
     auto emit_module_layout = [&](const std::string& name, const Tensor& t) {
-      out[name] = c.channel_first() ? to_nchw(t) : t.clone();
+      out[name] = c.channel_first() ? ops::nhwc_to_nchw(ctx, t) : t.clone();
     };
 
-    // (B, 3, H, W) -> (B, H, W, 3)
-    Tensor xh = Tensor::empty({B, Hin, Win, 3});
-    ops::nchw_to_nhwc(x.f32(), B, 3, Hin * Win, xh.f32());
-    Tensor cur = patch_embed(xh);
+    // (B, 3, H, W) -> (B, H, W, 3) -> patch embedding (B, H', W', C0)
+    ctx.stage("patch_embed");
+    Tensor cur = ops::nchw_to_nhwc(ctx, x);
+    for (size_t e = 0; e < embed_.size(); ++e) {
+      cur = conv_ln(ctx, cur, embed_[e], "patch_embed");
+      if (e + 1 < embed_.size()) ops::activate(ctx, ops::Act::Gelu, cur);
+    }
     if (want.has("patch_embed")) emit_module_layout("patch_embed", cur);
 
     for (int64_t i = 0; i < c.stages(); ++i) {
-      const int64_t H = cur.dim(1), W = cur.dim(2), C = cur.dim(3), L = H * W, BL = B * L;
-      const auto orders = cross_scan_orders(H, W);
-      const ssm::SS2DOrders ord = {orders[0].data(), orders[1].data(), orders[2].data(), orders[3].data()};
-      Tensor normed = Tensor::empty({B, H, W, C});
+      const std::string si = std::to_string(i);
+      ctx.stage("stage." + si);
+      const int64_t H = cur.dim(1), W = cur.dim(2), C = cur.dim(3), BL = B * H * W;
+      const auto orders = orders_cache_.get({H, W}, [&] { return cross_scan_orders(H, W); });
+      const ssm::SS2DOrders ord = {(*orders)[0].data(), (*orders)[1].data(), (*orders)[2].data(),
+                                   (*orders)[3].data()};
+      Tensor normed = ctx.empty({B, H, W, C});
       Tensor hidden;
-      if (c.mlp_ratio > 0) hidden = Tensor::empty({BL, c.mlp_hidden(i)});
+      if (c.mlp_ratio > 0) hidden = ctx.empty({BL, c.mlp_hidden(i)});
       for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
         const Block& blk = blocks_[static_cast<size_t>(i)][j];
         // x += SS2D(norm(x))
-        ops::layer_norm(cur.f32(), BL, C, blk.norm_w, blk.norm_b, kLnEps, normed.f32());
+        ops::layer_norm(ctx, cur, blk.norm_w, blk.norm_b, kLnEps, normed);
         if (i == 0 && j == 0 && want.has("layers.0.blocks.0.op")) {
-          Tensor op = Tensor::empty({B, H, W, C});
-          ssm::ss2d_forward(normed.f32(), B, H, W, blk.op, ord, policy, op.f32());
+          Tensor op = ssm::ss2d_forward(ctx, normed, blk.op, ord, call.policy);
           emit_module_layout("layers.0.blocks.0.op", op);
-          ops::add_inplace(cur.f32(), op.f32(), BL * C);
+          ops::add(ctx, cur, op);
         } else {
-          ssm::ss2d_forward(normed.f32(), B, H, W, blk.op, ord, policy, cur.f32(), /*accumulate=*/true);
+          ssm::ss2d_forward(ctx, normed, blk.op, ord, call.policy, &cur);
         }
         // x += fc2(GELU(fc1(norm2(x))))
         if (c.mlp_ratio > 0) {
-          const int64_t Hm = c.mlp_hidden(i);
-          ops::layer_norm(cur.f32(), BL, C, blk.norm2_w, blk.norm2_b, kLnEps, normed.f32());
-          ops::gemm(BL, Hm, C, normed.f32(), C, blk.fc1_w, C, /*trans_b=*/true, hidden.f32(), Hm, blk.fc1_b);
-          ops::gelu_inplace(hidden.f32(), BL * Hm);
-          ops::gemm(BL, C, Hm, hidden.f32(), Hm, blk.fc2_w, Hm, /*trans_b=*/true, cur.f32(), C, blk.fc2_b, 1.0f);
+          ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed);
+          ops::linear(ctx, normed, blk.fc1, hidden);
+          ops::activate(ctx, ops::Act::Gelu, hidden);
+          ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
         }
       }
-      const std::string si = std::to_string(i);
       if (api && !c.backbone) {
-        out["stage." + si] = to_nchw(cur);
+        out["stage." + si] = ops::nhwc_to_nchw(ctx, cur);
       } else if (want.has("stage." + si)) {
         emit_module_layout("stage." + si, cur);
       }
-      if (c.backbone && std::find(c.out_indices.begin(), c.out_indices.end(), i) != c.out_indices.end() &&
-          (api || want.has("features." + si))) {
-        Tensor o = Tensor::empty({B, H, W, C});
-        ops::layer_norm(cur.f32(), BL, C, f("outnorm" + si + ".weight"), f("outnorm" + si + ".bias"), kLnEps, o.f32());
-        out["features." + si] = to_nchw(o);
+      auto on = outnorm_.find(i);
+      if (c.backbone && on != outnorm_.end() && (api || want.has("features." + si))) {
+        Tensor o = ctx.empty({B, H, W, C});
+        ops::layer_norm(ctx, cur, on->second.first, on->second.second, kLnEps, o);
+        out["features." + si] = ops::nhwc_to_nchw(ctx, o);
       }
-      if (i + 1 < c.stages()) cur = downsample(cur, i);
+      if (i + 1 < c.stages()) {
+        ctx.stage("downsample." + si);
+        cur = downsample(ctx, cur, i);
+      }
     }
 
     if (!c.backbone && c.num_classes > 0 && want.has("logits")) {
+      ctx.stage("head");
       const int64_t L = cur.dim(1) * cur.dim(2), C = cur.dim(3);
-      Tensor normed = Tensor::empty({B, L, C});
-      ops::layer_norm(cur.f32(), B * L, C, f("classifier.norm.weight"), f("classifier.norm.bias"), kLnEps,
-                      normed.f32());
-      Tensor pooled = Tensor::zeros({B, C});
-      for (int64_t b = 0; b < B; ++b) {
-        float* pr = pooled.f32() + b * C;
-        for (int64_t l = 0; l < L; ++l) {
-          const float* row = normed.f32() + (b * L + l) * C;
-          for (int64_t ch = 0; ch < C; ++ch) pr[ch] += row[ch];
-        }
-        for (int64_t ch = 0; ch < C; ++ch) pr[ch] /= static_cast<float>(L);
-      }
-      Tensor logits = Tensor::empty({B, c.num_classes});
-      ops::linear(pooled.f32(), B, C, f("classifier.head.weight"), f("classifier.head.bias"), c.num_classes,
-                  logits.f32());
+      Tensor normed = ctx.empty({B, L, C});
+      ops::layer_norm(ctx, cur, cls_norm_w_, cls_norm_b_, kLnEps, normed);
+      Tensor pooled = ops::mean_tokens(ctx, normed);
+      Tensor logits = ctx.empty({B, c.num_classes});
+      ops::linear(ctx, pooled, head_, logits);
       out["logits"] = logits;
     }
     return out;
   }
 
  private:
-  const float* f(const std::string& n) const {
-    auto it = w_.find(n);
-    MAMBACV_CHECK(it != w_.end(), arch_ << ": weight " << n << " was not bound");
-    return it->second.f32();
-  }
+  struct Downsample {
+    ConvLn conv;                     // v2 / v3
+    Tensor merge_ln_w, merge_ln_b;   // v1: LN(4C)
+    ops::PackedWeight reduction;     // v1: Linear(4C -> Co)
+  };
 
-  static Tensor to_nchw(const Tensor& t) {  // (B, H, W, C) -> (B, C, H, W)
-    const int64_t B = t.dim(0), H = t.dim(1), W = t.dim(2), C = t.dim(3);
-    Tensor o = Tensor::empty({B, C, H, W});
-    ops::nhwc_to_nchw(t.f32(), B, H * W, C, o.f32());
-    return o;
-  }
-
-  // conv (PyTorch weight (Co, Ci, k, k), bias) stride s padding p, then LayerNorm over Co: (B, H, W, Ci) -> NHWC
-  Tensor conv_ln(const Tensor& x, const std::string& conv, const std::string& norm, int k, int s, int p) const {
-    const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Ci = x.dim(3);
-    const Tensor& wt = w_.at(conv + ".weight");
-    const int64_t Co = wt.dim(0);
-    const int64_t Ho = ops::conv_out_size(H, k, s, p), Wo = ops::conv_out_size(W, k, s, p);
-    MAMBACV_CHECK(Ho >= 1 && Wo >= 1, "input: a " << H << "x" << W << " map is too small for " << conv);
-    Tensor y = Tensor::empty({B, Ho, Wo, Co});
-    ops::conv2d_nhwc(x.f32(), B, H, W, Ci, wt.f32(), f(conv + ".bias"), Co, k, k, s, s, p, p, y.f32());
-    ops::layer_norm(y.f32(), B * Ho * Wo, Co, f(norm + ".weight"), f(norm + ".bias"), kLnEps, y.f32());
+  // conv then LayerNorm over its output channels: (B, H, W, Ci) -> (B, Ho, Wo, Co)
+  static Tensor conv_ln(const ExecContext& ctx, const Tensor& x, const ConvLn& cl, const char* what) {
+    const int64_t H = x.dim(1), W = x.dim(2);
+    const ops::Conv2dWeight& cw = cl.conv;
+    MAMBACV_CHECK(ops::conv_out_size(H, cw.kh, cw.sh, cw.ph) >= 1 && ops::conv_out_size(W, cw.kw, cw.sw, cw.pw) >= 1,
+                  "input: a " << H << "x" << W << " map is too small for the " << what << " convolution");
+    Tensor y = ops::conv2d(ctx, x, cw);
+    ops::layer_norm(ctx, y, cl.ln_w, cl.ln_b, kLnEps, y);
     return y;
   }
 
-  // upstream _make_patch_embed (v1: Conv k=P s=P -> LN) / _make_patch_embed_v2 (Conv k=P/2+1 s=P/2 p=1 -> LN ->
-  // GELU -> Conv -> LN): (B, H, W, 3) -> (B, H', W', C0)
-  Tensor patch_embed(const Tensor& xh) const {
-    const int P = static_cast<int>(cfg_.patch_size);
-    if (cfg_.patchembed == "v1") return conv_ln(xh, "patch_embed.0", "patch_embed.2", P, P, 0);
-    const int s = P / 2, k = s + 1;
-    Tensor h = conv_ln(xh, "patch_embed.0", "patch_embed.2", k, s, 1);
-    ops::gelu_inplace(h.f32(), h.numel());
-    return conv_ln(h, "patch_embed.5", "patch_embed.7", k, s, 1);
-  }
-
   // stage i's downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), dims[i+1])
-  Tensor downsample(const Tensor& x, int64_t i) const {
-    const std::string p = "layers." + std::to_string(i) + ".downsample.";
-    if (cfg_.downsample == "v2") return conv_ln(x, p + "1", p + "3", 2, 2, 0);
-    if (cfg_.downsample == "v3") return conv_ln(x, p + "1", p + "3", 3, 2, 1);
-    // v1, PatchMerging2D: zero-pad bottom/right to even, concat [x(0::2,0::2), x(1::2,0::2), x(0::2,1::2),
-    // x(1::2,1::2)] on channels -> LN(4C) -> Linear(4C -> Co, no bias)
-    const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
-    const int64_t H2 = (H + 1) / 2, W2 = (W + 1) / 2, Co = cfg_.dims[static_cast<size_t>(i + 1)];
-    Tensor m = Tensor::empty({B, H2, W2, 4 * C});
-    const float* src = x.f32();
-    float* dst = m.f32();
-    static constexpr int kDh[4] = {0, 1, 0, 1}, kDw[4] = {0, 0, 1, 1};
-#pragma omp parallel for num_threads(ops::num_threads())
-    for (int64_t r = 0; r < B * H2; ++r) {
-      const int64_t b = r / H2, h2 = r % H2;
-      for (int64_t w2 = 0; w2 < W2; ++w2) {
-        float* o = dst + ((b * H2 + h2) * W2 + w2) * 4 * C;
-        for (int q = 0; q < 4; ++q) {
-          const int64_t h = 2 * h2 + kDh[q], w = 2 * w2 + kDw[q];
-          if (h < H && w < W)
-            std::copy(src + ((b * H + h) * W + w) * C, src + ((b * H + h) * W + w + 1) * C, o + q * C);
-          else
-            std::fill(o + q * C, o + (q + 1) * C, 0.0f);
-        }
-      }
-    }
-    ops::layer_norm(m.f32(), B * H2 * W2, 4 * C, f(p + "norm.weight"), f(p + "norm.bias"), kLnEps, m.f32());
-    Tensor y = Tensor::empty({B, H2, W2, Co});
-    ops::linear(m.f32(), B * H2 * W2, 4 * C, f(p + "reduction.weight"), nullptr, Co, y.f32());
+  Tensor downsample(const ExecContext& ctx, const Tensor& x, int64_t i) const {
+    const Downsample& d = down_[static_cast<size_t>(i)];
+    if (cfg_.downsample != "v1") return conv_ln(ctx, x, d.conv, "downsample");
+    // v1, PatchMerging2D: zero-pad bottom/right to even, concat the four 2x2 phases -> LN(4C) -> Linear(4C -> Co)
+    Tensor m = ops::patch_merge_2x2(ctx, x);
+    ops::layer_norm(ctx, m, d.merge_ln_w, d.merge_ln_b, kLnEps, m);
+    Tensor y = ctx.empty({m.dim(0), m.dim(1), m.dim(2), d.reduction.N});
+    ops::linear(ctx, m, d.reduction, y);
     return y;
   }
 
   VMambaConfig cfg_;
   std::string arch_;
-  TensorMap w_;
+  std::vector<ConvLn> embed_;                // patch embedding: 1 (v1) or 2 (v2) conv + LN
   std::vector<std::vector<Block>> blocks_;  // [stage][block]
+  std::vector<Downsample> down_;            // after stage i < stages - 1
+  std::map<int64_t, std::pair<Tensor, Tensor>> outnorm_;  // backbone: stage -> LN (weight, bias)
+  Tensor cls_norm_w_, cls_norm_b_;
+  ops::PackedWeight head_;
+  mutable ShapeCache<std::pair<int64_t, int64_t>, std::array<std::vector<int32_t>, kCrossScanDirections>> orders_cache_;
 };
 
 }  // namespace

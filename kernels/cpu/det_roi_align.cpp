@@ -213,19 +213,19 @@ void check_roi_args(const char* op, const Tensor& rois, int64_t out_h, int64_t o
 }  // namespace
 
 // ---- dispatch -------------------------------------------------------------------------------------------------------
-Tensor roi_align(const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
-                 int sampling_ratio, bool aligned) {
+Tensor roi_align(const ExecContext& ctx, const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h,
+                 int64_t out_w, int sampling_ratio, bool aligned) {
   const char* op = "det::roi_align";
   feature_dims(op, "feat", feat);
   check_roi_args(op, rois, out_h, out_w, sampling_ratio);
   MAMBACV_CHECK(spatial_scale > 0, op << ": spatial_scale must be > 0, found " << spatial_scale);
   check_host(op, "feat", feat);
   check_host(op, "rois", rois);
-  return roi_align_cpu(feat, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned);
+  return roi_align_cpu(ctx, feat, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned);
 }
 
 // ---- fast CPU path --------------------------------------------------------------------------------------------------
-Tensor roi_align_cpu(const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
+Tensor roi_align_cpu(const ExecContext& ctx, const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
                      int sampling_ratio, bool aligned) {
   const auto [C, H, W] = feature_dims("det::roi_align_cpu", "feat", feat);
   const int64_t n = rois.dim(0);
@@ -234,18 +234,16 @@ Tensor roi_align_cpu(const Tensor& feat, const Tensor& rois, float spatial_scale
   const float* r = rois.f32();
   float* o = out.f32();
   const int64_t per_roi = C * out_h * out_w;
-#pragma omp parallel num_threads(ops::num_threads())
-  {
+  parallel_for(ctx, n, static_cast<double>(n * per_roi) * 16, [&](int64_t i0, int64_t i1) {
     Workspace ws;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i)
+    for (int64_t i = i0; i < i1; ++i)
       roi_align_one_fast(f, C, H, W, r + i * 4, spatial_scale, out_h, out_w, sampling_ratio, aligned,
                          o + i * per_roi, ws);
-  }
+  });
   return out;
 }
 
-Tensor multilevel_roi_align(const std::vector<Tensor>& feats, const std::vector<float>& strides, const Tensor& rois,
+Tensor multilevel_roi_align(const ExecContext& ctx, const std::vector<Tensor>& feats, const std::vector<float>& strides, const Tensor& rois,
                             int64_t out_h, int64_t out_w, int sampling_ratio, float finest_scale, bool aligned) {
   const char* op = "det::multilevel_roi_align";
   MAMBACV_CHECK(!feats.empty(), op << ": feats must hold at least one level, found none");
@@ -271,16 +269,14 @@ Tensor multilevel_roi_align(const std::vector<Tensor>& feats, const std::vector<
   const int64_t per_roi = C * out_h * out_w;
   std::vector<const float*> fp;
   for (const Tensor& f : feats) fp.push_back(f.f32());
-#pragma omp parallel num_threads(ops::num_threads())
-  {
+  parallel_for(ctx, n, static_cast<double>(n * per_roi) * 16, [&](int64_t i0, int64_t i1) {
     Workspace ws;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const int64_t l = lv[i];
       roi_align_one_fast(fp[l], C, dims[l][1], dims[l][2], r + i * 4, 1.0f / strides[l], out_h, out_w,
                          sampling_ratio, aligned, o + i * per_roi, ws);
     }
-  }
+  });
   return out;
 }
 

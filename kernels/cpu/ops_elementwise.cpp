@@ -1,7 +1,10 @@
-// kernels/cpu/ops_elementwise.cpp - activations, in-place arithmetic, NCHW <-> NHWC transposes and bicubic
-// resampling. Activations use the vectorisable exp/erf of simd_math.h.
+// kernels/cpu/ops_elementwise.cpp - operand checks, activations, in-place arithmetic, layout and token ops, the
+// dt projection and bicubic resampling (semantics in kernels/ops.h). Activations use the vectorisable exp/erf of
+// simd_math.h. Loops split their rows over the context's threads when the work pays for it.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "kernels/cpu/simd_math.h"
@@ -10,53 +13,104 @@
 
 namespace mambacv::ops {
 
+std::string supports_f32(const char* op, std::initializer_list<Operand> operands) {
+  for (const Operand& o : operands) {
+    const Tensor& t = *o.second;
+    std::ostringstream m;
+    if (!t.defined()) {
+      m << op << ": operand " << o.first << " is missing";
+      return m.str();
+    }
+    if (t.dtype() != DType::F32 || t.device() != Device::Cpu) {
+      m << op << ": operand " << o.first << " is " << dtype_name(t.dtype()) << " on " << device_name(t.device())
+        << "; this build implements " << op << " for f32 on cpu only";
+      return m.str();
+    }
+  }
+  return "";
+}
+
+void require_f32(const char* op, std::initializer_list<Operand> operands) {
+  const std::string why = supports_f32(op, operands);
+  if (!why.empty()) throw Error(why);
+}
+
+const char* act_name(Act a) {
+  switch (a) {
+    case Act::Silu:
+      return "silu";
+    case Act::Gelu:
+      return "gelu";
+    case Act::Relu:
+      return "relu";
+    default:
+      return "sigmoid";
+  }
+}
+
 namespace {
-// Elementwise loops: parallel only when large (they are memory bound; a team wake-up costs a few microseconds).
-constexpr int64_t kElemParallelMin = int64_t(1) << 16;
+// Elementwise loops are memory bound: parallel only when large (a team wake-up costs a few microseconds).
+constexpr double kElemWork = 4.0;  // weight of one element against kParallelMinWork
+
+template <class F>
+void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, F f) {
+  parallel_for(ctx, n, static_cast<double>(n) * per_elem, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
+  });
+}
 }  // namespace
 
-void silu_inplace(float* x, int64_t n) {
-  const int nt = num_threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (n > kElemParallelMin)
-  for (int64_t i = 0; i < n; ++i) x[i] = detail::silu_f(x[i]);
+void activate(const ExecContext& ctx, Act a, Tensor& x) {
+  require_f32("activate", {{"x", &x}});
+  const int64_t n = x.numel();
+  OpTrace trace(ctx, act_name(a), static_cast<double>(n) * (a == Act::Relu ? 1.0 : 4.0), 8.0 * static_cast<double>(n));
+  float* d = x.f32();
+  switch (a) {
+    case Act::Silu:
+      return map_inplace(ctx, d, n, 4 * kElemWork, [](float v) { return detail::silu_f(v); });
+    case Act::Gelu:
+      return map_inplace(ctx, d, n, 8 * kElemWork, [](float v) { return detail::gelu_f(v); });
+    case Act::Relu:
+      return map_inplace(ctx, d, n, kElemWork / 4, [](float v) { return v > 0.0f ? v : 0.0f; });
+    case Act::Sigmoid:  // libm's expf, as the detection heads always used (scores feed sorts and thresholds)
+      for (int64_t i = 0; i < n; ++i) d[i] = 1.0f / (1.0f + std::exp(-d[i]));
+      return;
+  }
 }
 
-void gelu_inplace(float* x, int64_t n) {
-  const int nt = num_threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (n > kElemParallelMin / 4)
-  for (int64_t i = 0; i < n; ++i) x[i] = detail::gelu_f(x[i]);
+namespace {
+template <class F>
+void binary_inplace(const ExecContext& ctx, const char* op, Tensor& y, const Tensor& x, F f) {
+  require_f32(op, {{"y", &y}, {"x", &x}});
+  MAMBACV_CHECK(y.numel() == x.numel(), op << ": sizes differ, y " << y.str() << " and x " << x.str());
+  const int64_t n = y.numel();
+  OpTrace trace(ctx, op, static_cast<double>(n), 12.0 * static_cast<double>(n));
+  float* yd = y.f32();
+  const float* xd = x.f32();
+  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) yd[i] = f(yd[i], xd[i]);
+  });
 }
+}  // namespace
 
-void relu_inplace(float* x, int64_t n) {
-  const int nt = num_threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (n > kElemParallelMin)
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+void add(const ExecContext& ctx, Tensor& y, const Tensor& x) {
+  binary_inplace(ctx, "add", y, x, [](float a, float b) { return a + b; });
 }
-
-void add_inplace(float* y, const float* x, int64_t n) {
-  const int nt = num_threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (n > kElemParallelMin)
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-void mul_inplace(float* y, const float* x, int64_t n) {
-  const int nt = num_threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (n > kElemParallelMin)
-  for (int64_t i = 0; i < n; ++i) y[i] *= x[i];
+void mul(const ExecContext& ctx, Tensor& y, const Tensor& x) {
+  binary_inplace(ctx, "mul", y, x, [](float a, float b) { return a * b; });
 }
 
 // ---- layout: blocked transposes of each batch item's (R, S) matrix into (S, R) ----------------------------------
 namespace {
 constexpr int64_t kTile = 32;
 // x (B, R, S) -> y (B, S, R)
-void batched_transpose(const float* x, int64_t B, int64_t R, int64_t S, float* y) {
-  MAMBACV_CHECK(B >= 0 && R >= 0 && S >= 0, "transpose: negative size");
-  MAMBACV_CHECK(x != y || R == 1 || S == 1, "nchw/nhwc transpose: y may not alias x");
+void batched_transpose(const ExecContext& ctx, const float* x, int64_t B, int64_t R, int64_t S, float* y) {
   const int64_t tr = (R + kTile - 1) / kTile, ts = (S + kTile - 1) / kTile;
-  const int nt = num_threads();
-#pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (B * R * S > kElemParallelMin)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < tr * ts; ++t) {
+  parallel_for(ctx, B * tr * ts, static_cast<double>(B * R * S) / 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / (tr * ts), t = i % (tr * ts);
       const int64_t r0 = (t / ts) * kTile, s0 = (t % ts) * kTile;
       const int64_t r1 = std::min(R, r0 + kTile), s1 = std::min(S, s0 + kTile);
       const float* xb = x + b * R * S;
@@ -64,18 +118,232 @@ void batched_transpose(const float* x, int64_t B, int64_t R, int64_t S, float* y
       for (int64_t s = s0; s < s1; ++s)
         for (int64_t r = r0; r < r1; ++r) yb[s * R + r] = xb[r * S + s];
     }
+  });
+}
+Tensor transpose_last(const ExecContext& ctx, const char* op, const Tensor& x, bool to_nhwc) {
+  MAMBACV_CHECK(x.defined() && (x.ndim() == 3 || x.ndim() == 4), op << ": expected a 3- or 4-D tensor, got "
+                                                                    << (x.defined() ? x.str() : "an empty tensor"));
+  require_f32(op, {{"x", &x}});
+  const int64_t B = x.dim(0);
+  Shape out;
+  int64_t R, S;  // each item is (R, S) -> (S, R)
+  if (to_nhwc) {  // (B, C, ...) -> (B, ..., C)
+    R = x.dim(1);
+    S = x.numel() / std::max<int64_t>(B * R, 1);
+    out = {B};
+    for (int i = 2; i < x.ndim(); ++i) out.push_back(x.dim(i));
+    out.push_back(R);
+  } else {  // (B, ..., C) -> (B, C, ...)
+    S = x.dim(-1);
+    R = x.numel() / std::max<int64_t>(B * S, 1);
+    out = {B, S};
+    for (int i = 1; i + 1 < x.ndim(); ++i) out.push_back(x.dim(i));
+  }
+  OpTrace trace(ctx, op, 0.0, 8.0 * static_cast<double>(x.numel()));
+  Tensor y = ctx.empty(out);
+  batched_transpose(ctx, x.f32(), B, R, S, y.f32());
+  return y;
 }
 }  // namespace
 
-// x (B, C, HW) -> y (B, HW, C)
-void nchw_to_nhwc(const float* x, int64_t B, int64_t C, int64_t HW, float* y) {
-  if (x == y && (C == 1 || HW == 1)) return;
-  batched_transpose(x, B, C, HW, y);
+Tensor nchw_to_nhwc(const ExecContext& ctx, const Tensor& x) { return transpose_last(ctx, "nchw_to_nhwc", x, true); }
+Tensor nhwc_to_nchw(const ExecContext& ctx, const Tensor& x) { return transpose_last(ctx, "nhwc_to_nchw", x, false); }
+
+Tensor take_columns(const ExecContext& ctx, const Tensor& x, int64_t c0, int64_t n) {
+  MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && c0 >= 0 && n >= 0 && c0 + n <= x.dim(-1),
+                "take_columns: columns [" << c0 << ", " << c0 + n << ") outside " << (x.defined() ? x.str() : "none"));
+  require_f32("take_columns", {{"x", &x}});
+  const int64_t C = x.dim(-1), rows = C > 0 ? x.numel() / C : 0;
+  Shape s = x.shape();
+  s.back() = n;
+  Tensor y = ctx.empty(s);
+  OpTrace trace(ctx, "take_columns", 0.0, 8.0 * static_cast<double>(rows * n));
+  const float* src = x.f32();
+  float* dst = y.f32();
+  parallel_for(ctx, rows, static_cast<double>(rows * n) / 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * n, src + r * C + c0, sizeof(float) * n);
+  });
+  return y;
 }
-// x (B, HW, C) -> y (B, C, HW)
-void nhwc_to_nchw(const float* x, int64_t B, int64_t HW, int64_t C, float* y) {
-  if (x == y && (C == 1 || HW == 1)) return;
-  batched_transpose(x, B, HW, C, y);
+
+Tensor insert_token_add(const ExecContext& ctx, const Tensor& patches, const Tensor& token, int64_t at,
+                        const Tensor& pos) {
+  MAMBACV_CHECK(patches.defined() && patches.ndim() == 3, "insert_token_add: patches must be (B, M, D), got "
+                                                              << (patches.defined() ? patches.str() : "none"));
+  const int64_t B = patches.dim(0), M = patches.dim(1), D = patches.dim(2), T = M + 1;
+  MAMBACV_CHECK(token.defined() && token.numel() == D && pos.defined() && pos.numel() == T * D && at >= 0 && at <= M,
+                "insert_token_add: token (" << D << ") at " << at << " and pos (" << T << ", " << D
+                                            << ") do not fit patches " << patches.str());
+  require_f32("insert_token_add", {{"patches", &patches}, {"token", &token}, {"pos", &pos}});
+  OpTrace trace(ctx, "insert_token_add", static_cast<double>(B * T * D), 12.0 * static_cast<double>(B * T * D));
+  Tensor y = ctx.empty({B, T, D});
+  const float* pe = patches.f32();
+  const float* tk = token.f32();
+  const float* pp = pos.f32();
+  float* r = y.f32();
+  parallel_for(ctx, B * T, static_cast<double>(B * T * D) / 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / T, t = i % T;
+      const float* src = t < at ? pe + (b * M + t) * D : t == at ? tk : pe + (b * M + t - 1) * D;
+      float* dst = r + i * D;
+      for (int64_t c = 0; c < D; ++c) dst[c] = src[c] + pp[t * D + c];
+    }
+  });
+  return y;
+}
+
+namespace {
+void check_tokens(const char* op, const Tensor& x, int64_t t) {
+  MAMBACV_CHECK(x.defined() && x.ndim() == 3 && t >= 0 && t < x.dim(1),
+                op << ": token " << t << " outside (B, T, D) " << (x.defined() ? x.str() : "none"));
+  require_f32(op, {{"x", &x}});
+}
+}  // namespace
+
+Tensor take_token(const ExecContext& ctx, const Tensor& x, int64_t t) {
+  check_tokens("take_token", x, t);
+  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
+  Tensor y = ctx.empty({B, D});
+  for (int64_t b = 0; b < B; ++b) std::memcpy(y.f32() + b * D, x.f32() + (b * T + t) * D, sizeof(float) * D);
+  return y;
+}
+
+Tensor drop_token(const ExecContext& ctx, const Tensor& x, int64_t t) {
+  check_tokens("drop_token", x, t);
+  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
+  Tensor y = ctx.empty({B, T - 1, D});
+  for (int64_t b = 0; b < B; ++b) {
+    const float* s = x.f32() + b * T * D;
+    float* d = y.f32() + b * (T - 1) * D;
+    std::memcpy(d, s, sizeof(float) * t * D);
+    std::memcpy(d + t * D, s + (t + 1) * D, sizeof(float) * (T - 1 - t) * D);
+  }
+  return y;
+}
+
+Tensor mean_tokens(const ExecContext& ctx, const Tensor& x) {
+  MAMBACV_CHECK(x.defined() && x.ndim() == 3 && x.dim(1) > 0, "mean_tokens: expected (B, L, C) with L > 0, got "
+                                                                  << (x.defined() ? x.str() : "none"));
+  require_f32("mean_tokens", {{"x", &x}});
+  const int64_t B = x.dim(0), L = x.dim(1), C = x.dim(2);
+  OpTrace trace(ctx, "mean_tokens", static_cast<double>(B * L * C), 4.0 * static_cast<double>(B * L * C));
+  Tensor y = ctx.zeros({B, C});
+  for (int64_t b = 0; b < B; ++b) {
+    float* pr = y.f32() + b * C;
+    for (int64_t l = 0; l < L; ++l) {
+      const float* row = x.f32() + (b * L + l) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) pr[c] += row[c];
+    }
+    for (int64_t c = 0; c < C; ++c) pr[c] /= static_cast<float>(L);
+  }
+  return y;
+}
+
+Tensor patch_merge_2x2(const ExecContext& ctx, const Tensor& x) {
+  MAMBACV_CHECK(x.defined() && x.ndim() == 4, "patch_merge_2x2: expected (B, H, W, C), got "
+                                                  << (x.defined() ? x.str() : "none"));
+  require_f32("patch_merge_2x2", {{"x", &x}});
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), H2 = (H + 1) / 2, W2 = (W + 1) / 2;
+  Tensor m = ctx.empty({B, H2, W2, 4 * C});
+  OpTrace trace(ctx, "patch_merge_2x2", 0.0, 8.0 * static_cast<double>(m.numel()));
+  const float* src = x.f32();
+  float* dst = m.f32();
+  static constexpr int kDh[4] = {0, 1, 0, 1}, kDw[4] = {0, 0, 1, 1};
+  parallel_for(ctx, B * H2, static_cast<double>(m.numel()) / 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H2, h2 = r % H2;
+      for (int64_t w2 = 0; w2 < W2; ++w2) {
+        float* o = dst + ((b * H2 + h2) * W2 + w2) * 4 * C;
+        for (int q = 0; q < 4; ++q) {
+          const int64_t h = 2 * h2 + kDh[q], w = 2 * w2 + kDw[q];
+          if (h < H && w < W)
+            std::memcpy(o + q * C, src + ((b * H + h) * W + w) * C, sizeof(float) * C);
+          else
+            std::memset(o + q * C, 0, sizeof(float) * C);
+        }
+      }
+    }
+  });
+  return m;
+}
+
+int64_t nearest_source_index(int64_t dst, int64_t in, int64_t out) {
+  // ATen upsample_nearest2d (mode "nearest", size given): identity / halving fast paths, else float scale
+  if (in == out) return dst;
+  if (out == 2 * in) return dst >> 1;
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  return std::min(static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale)), in - 1);
+}
+
+void add_nearest_resized(const ExecContext& ctx, const Tensor& x, Tensor& y) {
+  MAMBACV_CHECK(x.defined() && y.defined() && x.ndim() == 4 && y.ndim() == 4 && x.dim(0) == y.dim(0) &&
+                    x.dim(3) == y.dim(3) && x.dim(1) > 0 && x.dim(2) > 0,
+                "add_nearest_resized: x " << x.str() << " and y " << y.str() << " must be (B, h, w, C) and (B, H, W, C)");
+  require_f32("add_nearest_resized", {{"x", &x}, {"y", &y}});
+  const int64_t B = y.dim(0), H = y.dim(1), W = y.dim(2), C = y.dim(3), Hc = x.dim(1), Wc = x.dim(2);
+  OpTrace trace(ctx, "add_nearest_resized", static_cast<double>(y.numel()), 12.0 * static_cast<double>(y.numel()));
+  const float* src = x.f32();
+  float* dst = y.f32();
+  parallel_for(ctx, B * H, static_cast<double>(y.numel()) / 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, yy = r % H, sy = nearest_source_index(yy, Hc, H);
+      for (int64_t xx = 0; xx < W; ++xx) {
+        const int64_t sx = nearest_source_index(xx, Wc, W);
+        float* d = dst + ((b * H + yy) * W + xx) * C;
+        const float* s = src + ((b * Hc + sy) * Wc + sx) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) d[c] += s[c];
+      }
+    }
+  });
+}
+
+Tensor subsample2(const ExecContext& ctx, const Tensor& x) {
+  MAMBACV_CHECK(x.defined() && x.ndim() == 4, "subsample2: expected (B, H, W, C), got " << (x.defined() ? x.str() : "none"));
+  require_f32("subsample2", {{"x", &x}});
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), Ho = (H + 1) / 2, Wo = (W + 1) / 2;
+  Tensor q = ctx.empty({B, Ho, Wo, C});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t yy = 0; yy < Ho; ++yy)
+      for (int64_t xx = 0; xx < Wo; ++xx)
+        std::memcpy(q.f32() + ((b * Ho + yy) * Wo + xx) * C, x.f32() + ((b * H + 2 * yy) * W + 2 * xx) * C,
+                    static_cast<size_t>(C) * sizeof(float));
+  return q;
+}
+
+void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t G, int64_t P, int64_t R, const Tensor& Wt,
+                   Tensor& delta) {
+  MAMBACV_CHECK(G >= 1 && R >= 1 && P >= R && x.defined() && x.ndim() >= 1 && x.dim(-1) == G * P,
+                "dt_projection: x must end in " << G << " x " << P << " columns, got " << (x.defined() ? x.str() : "none"));
+  MAMBACV_CHECK(Wt.defined() && Wt.ndim() == 3 && Wt.dim(0) == G && Wt.dim(1) == R,
+                "dt_projection: weight must be (" << G << ", " << R << ", D), got " << (Wt.defined() ? Wt.str() : "none"));
+  const int64_t D = Wt.dim(2), rows = x.numel() / (G * P);
+  MAMBACV_CHECK(delta.defined() && delta.numel() == rows * G * D,
+                "dt_projection: delta must be (" << rows << ", " << G * D << "), got " << delta.str());
+  require_f32("dt_projection", {{"x", &x}, {"weight", &Wt}, {"delta", &delta}});
+  OpTrace trace(ctx, "dt_projection", 2.0 * static_cast<double>(rows * G * D * R),
+                4.0 * static_cast<double>(rows * G * (P + D)));
+  const float* xd = x.f32();
+  const float* wt = Wt.f32();
+  float* dl = delta.f32();
+  parallel_for(ctx, rows, static_cast<double>(rows * G * D * R), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t k = 0; k < G; ++k) {
+        const float* a = xd + t * G * P + k * P;  // dt_k of row t (R)
+        const float* wk = wt + k * R * D;
+        float* __restrict d = dl + t * G * D + k * D;
+        const float a0 = a[0];
+#pragma omp simd
+        for (int64_t c = 0; c < D; ++c) d[c] = a0 * wk[c];
+        for (int64_t r = 1; r < R; ++r) {
+          const float ar = a[r];
+          const float* __restrict wr = wk + r * D;
+#pragma omp simd
+          for (int64_t c = 0; c < D; ++c) d[c] += ar * wr[c];
+        }
+      }
+  });
 }
 
 // ---- bicubic resize ------------------------------------------------------------------------------------------------
@@ -110,39 +378,45 @@ std::vector<CubicTaps> cubic_taps(int64_t in, int64_t out) {
 }
 }  // namespace
 
-// x (Hi, Wi, C) -> y (Ho, Wo, C)
-void resize_bicubic_hwc(const float* x, int64_t Hi, int64_t Wi, int64_t C, int64_t Ho, int64_t Wo, float* y) {
-  MAMBACV_CHECK(Hi > 0 && Wi > 0 && C > 0 && Ho > 0 && Wo > 0,
-                "resize_bicubic_hwc: bad sizes in (" << Hi << ", " << Wi << ", " << C << ") out (" << Ho << ", "
-                                                     << Wo << ")");
+Tensor resize_bicubic(const ExecContext& ctx, const Tensor& x, int64_t Ho, int64_t Wo) {
+  MAMBACV_CHECK(x.defined() && x.ndim() == 3 && x.numel() > 0 && Ho > 0 && Wo > 0,
+                "resize_bicubic: expected a non-empty (H, W, C) grid and a positive size, got "
+                    << (x.defined() ? x.str() : "none") << " -> " << Ho << "x" << Wo);
+  require_f32("resize_bicubic", {{"x", &x}});
+  const int64_t Hi = x.dim(0), Wi = x.dim(1), C = x.dim(2);
+  Tensor out = ctx.empty({Ho, Wo, C});
+  const float* xs = x.f32();
+  float* y = out.f32();
   if (Hi == Ho && Wi == Wo) {  // PyTorch copies in this case; the weights would be (0, 1, 0, 0) anyway
-    std::copy(x, x + Hi * Wi * C, y);
-    return;
+    std::memcpy(y, xs, sizeof(float) * Hi * Wi * C);
+    return out;
   }
+  OpTrace trace(ctx, "resize_bicubic", 32.0 * static_cast<double>(Ho * Wo * C), 4.0 * static_cast<double>(out.numel()));
   const std::vector<CubicTaps> ty = cubic_taps(Hi, Ho), tx = cubic_taps(Wi, Wo);
-  const int nt = num_threads();
-#pragma omp parallel for num_threads(nt) schedule(static) if (Ho * Wo * C * 16 > detail::kParallelMinWork)
-  for (int64_t oy = 0; oy < Ho; ++oy) {
-    const CubicTaps& a = ty[oy];
-    for (int64_t ox = 0; ox < Wo; ++ox) {
-      const CubicTaps& b = tx[ox];
-      float* __restrict yp = y + (oy * Wo + ox) * C;
+  parallel_for(ctx, Ho, static_cast<double>(Ho * Wo * C * 16), [&](int64_t o0, int64_t o1) {
+    for (int64_t oy = o0; oy < o1; ++oy) {
+      const CubicTaps& a = ty[oy];
+      for (int64_t ox = 0; ox < Wo; ++ox) {
+        const CubicTaps& b = tx[ox];
+        float* __restrict yp = y + (oy * Wo + ox) * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = 0.0f;
-      for (int i = 0; i < 4; ++i) {
-        // horizontal interpolation of source row a.idx[i], then weighted by the vertical tap
-        const float* xr = x + a.idx[i] * Wi * C;
-        const float* p0 = xr + b.idx[0] * C;
-        const float* p1 = xr + b.idx[1] * C;
-        const float* p2 = xr + b.idx[2] * C;
-        const float* p3 = xr + b.idx[3] * C;
-        const float wy = a.w[i];
+        for (int64_t c = 0; c < C; ++c) yp[c] = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+          // horizontal interpolation of source row a.idx[i], then weighted by the vertical tap
+          const float* xr = xs + a.idx[i] * Wi * C;
+          const float* p0 = xr + b.idx[0] * C;
+          const float* p1 = xr + b.idx[1] * C;
+          const float* p2 = xr + b.idx[2] * C;
+          const float* p3 = xr + b.idx[3] * C;
+          const float wy = a.w[i];
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          yp[c] += wy * (b.w[0] * p0[c] + b.w[1] * p1[c] + b.w[2] * p2[c] + b.w[3] * p3[c]);
+          for (int64_t c = 0; c < C; ++c)
+            yp[c] += wy * (b.w[0] * p0[c] + b.w[1] * p1[c] + b.w[2] * p2[c] + b.w[3] * p3[c]);
+        }
       }
     }
-  }
+  });
+  return out;
 }
 
 }  // namespace mambacv::ops

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "mambacv/error.h"
-#include "mambacv/selective_scan.h"
+#include "kernels/selective_scan.h"
 
 namespace mambacv {
 

@@ -79,7 +79,4 @@ MAMBACV_SIMD_INLINE float erf_f(float x) {
 
 MAMBACV_SIMD_INLINE float gelu_f(float x) { return 0.5f * x * (1.0f + erf_f(x * 0.70710678118654752f)); }
 
-// Parallelise a loop only when it has enough work to pay for waking the team.
-constexpr int64_t kParallelMinWork = 1 << 15;
-
 }  // namespace mambacv::ops::detail

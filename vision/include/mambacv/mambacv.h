@@ -17,21 +17,31 @@
 #include "mambacv/device.h"
 #include "mambacv/error.h"
 #include "mambacv/image.h"
+#include "mambacv/scan_core.h"
 #include "mambacv/tensor.h"
 #include "mambacv/weights.h"
 
 namespace mambacv {
 
-// The two VMamba scan cores (MODELS.md §3.4): the same function, different rounding points in reduced precision.
-enum class Core { V0, V1 };
-const char* core_name(Core c);
-Core parse_core(const std::string& s);  // "v0" | "v1"
-
 struct Options {
   Device device = Device::Cpu;
   DType dtype = DType::F32;  // compute dtype: F32, F16 or BF16
-  Core core = Core::V0;
-  int threads = 0;           // 0: all cores
+  Core core = Core::V0;      // mambacv/scan_core.h
+  // Threads each call of this model may use (0: every core OpenMP offers the calling thread, i.e. OMP_NUM_THREADS
+  // or all). The budget belongs to the model: nothing process-wide is changed, so models with different budgets
+  // can run side by side.
+  int threads = 0;
+  // Idle memory (MiB) this model keeps for reuse between calls: < 0 shares the process default cache
+  // (MAMBACV_HOST_CACHE_MB, default 1024); >= 0 gives the model its own cache bounded by that (0: none).
+  int host_cache_mb = -1;
+};
+
+// Time, FLOPs and bytes of one op type within one part of the network ("patch_embed", "stage.0", "layers",
+// "head", ...), summed over a forward pass (Model::profile).
+struct OpStat {
+  std::string stage, op;
+  int64_t calls = 0;
+  double seconds = 0, flops = 0, bytes = 0;
 };
 
 // A model config file: {"arch": "vim" | "vmamba" | "vmamba_backbone" | ..., "config": {upstream kwargs}}.
@@ -55,7 +65,10 @@ std::vector<std::string> read_label_file(const std::string& path);
 
 namespace detail {
 class Network;
+struct DetectionCall;
 }
+class Detector;
+class HostAllocator;
 
 class Model {
  public:
@@ -84,6 +97,11 @@ class Model {
 
   // Real arithmetic of one image at height x width (2 FLOPs per multiply-add), measured by running the model once.
   double flops_per_image(int height, int width) const;
+  // One forward pass of x (classification logits, or the features of a backbone) with every op timed: one entry
+  // per (stage, op type), in the order first seen.
+  std::vector<OpStat> profile(const Tensor& x) const;
+  // Idle bytes held by this model's allocator (the process default one when host_cache_mb < 0).
+  size_t cached_bytes() const;
 
   // Parameters (count) and the expected weight names/shapes.
   int64_t num_parameters() const;
@@ -92,8 +110,13 @@ class Model {
   Model(std::shared_ptr<const detail::Network> net, Options opt);
 
  private:
+  friend class Detector;
+  // The forward call behind every entry point: outputs `wanted`, with the detection request / result for detectors.
+  std::map<std::string, Tensor> run(const Tensor& x, const std::vector<std::string>& wanted,
+                                    detail::DetectionCall* detection = nullptr, void* trace = nullptr) const;
   std::shared_ptr<const detail::Network> net_;
   Options opt_;
+  std::shared_ptr<HostAllocator> alloc_;  // null: the process default
 };
 
 }  // namespace mambacv

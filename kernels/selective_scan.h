@@ -1,4 +1,4 @@
-// mambacv/selective_scan.h - THE fused selective-scan kernel shared by Vim and VMamba.
+// kernels/selective_scan.h - (internal) THE fused selective-scan kernel shared by Vim and VMamba.
 //
 // Semantics (../shared/docs/MODELS.md §1, upstream mamba_ssm selective_scan_ref with delta_softplus):
 // for each batch item b, channel c and each direction k (its own operands), over steps l = 0..L-1 with
@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/context.h"
 #include "mambacv/dtype.h"
 
 namespace mambacv {
@@ -102,11 +103,13 @@ void validate_scan_params(const ScanParams& p);
 // Plain reference implementation: one (b, c) sequence at a time, scalar code, any strides. Always compiled.
 void selective_scan_ref(const ScanParams& p);
 
-// Fast CPU implementation (threads over batch x channel tiles, vectorised across channels, states in registers,
-// blocked over L). Same results as the reference up to float summation order.
-void selective_scan_cpu(const ScanParams& p);
+// Fast CPU implementation (ctx.threads over batch x channel tiles, vectorised across channels - AVX-512 when
+// cpu_isa() has it, else the baseline's loops -, states in registers, blocked over L). Same results as the
+// reference up to float summation order.
+void selective_scan_cpu(const ExecContext& ctx, const ScanParams& p);
 
-// Dispatch: the fast CPU path (CUDA when the operands live there, once the CUDA kernels exist).
-void selective_scan(const ScanParams& p);
+// Dispatch on ctx.device: the fast CPU path (the CUDA kernel is not built yet: a CUDA context is refused).
+// Reports the scan's FLOPs and bytes to ctx.trace.
+void selective_scan(const ExecContext& ctx, const ScanParams& p);
 
 }  // namespace mambacv

@@ -1,0 +1,28 @@
+#include "kernels/context.h"
+
+#include <cstring>
+
+namespace mambacv {
+
+ExecContext ExecContext::cpu(int threads) {
+  ExecContext c;
+  // omp_get_max_threads() of the calling thread: OMP_NUM_THREADS or every core, unless this thread changed it
+  c.threads = threads > 0 ? threads : std::max(1, omp_get_max_threads());
+  return c;
+}
+
+Tensor ExecContext::empty(const Shape& shape, DType dtype) const {
+  for (int64_t d : shape) MAMBACV_CHECK(d >= 0, "tensor shape " << shape_str(shape) << " has a negative size");
+  const size_t n = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  std::shared_ptr<void> block = allocator().alloc(n);
+  void* p = block.get();
+  return Tensor::view_of(p, shape, dtype, std::move(block));
+}
+
+Tensor ExecContext::zeros(const Shape& shape, DType dtype) const {
+  Tensor t = empty(shape, dtype);
+  std::memset(t.raw(), 0, t.nbytes());
+  return t;
+}
+
+}  // namespace mambacv

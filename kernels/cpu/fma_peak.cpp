@@ -1,0 +1,86 @@
+// kernels/cpu/fma_peak.cpp - the FMA-loop peak that `bench` and `info` report beside every timing.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "kernels/cpu_info.h"
+
+namespace mambacv::cpu {
+
+namespace {
+constexpr int64_t kIters = 1 << 16;
+
+// kIters x 24 independent zmm FMAs: 24 * 16 * 2 * kIters FLOPs
+__attribute__((target("avx512f"))) float fma_loop_avx512(float seed) {
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps(seed + static_cast<float>(i));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < kIters; ++it) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < 24; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+// kIters x 12 independent ymm FMAs
+__attribute__((target("avx2,fma"))) float fma_loop_avx2(float seed) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(seed + static_cast<float>(i));
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < kIters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
+  alignas(32) float v[8];
+  _mm256_store_ps(v, s);
+  return v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+}
+
+float fma_loop_scalar(float seed) {
+  float acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = seed + static_cast<float>(i);
+  for (int64_t it = 0; it < kIters; ++it)
+    for (int i = 0; i < 8; ++i) acc[i] = acc[i] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (float v : acc) s += v;
+  return s;
+}
+}  // namespace
+
+double measure_fma_peak_gflops(int threads, double seconds) {
+  const Isa isa = cpu_isa();
+  const double flops_per_call = isa == Isa::Avx512 ? 24.0 * 16 * 2 * kIters
+                                : isa == Isa::Avx2 ? 12.0 * 8 * 2 * kIters
+                                                   : 8.0 * 2 * kIters;
+  auto call = [isa](float seed) {
+    return isa == Isa::Avx512 ? fma_loop_avx512(seed) : isa == Isa::Avx2 ? fma_loop_avx2(seed) : fma_loop_scalar(seed);
+  };
+  threads = std::max(1, threads);
+  double best = 0;
+  volatile float sink = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    int64_t calls = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double el = 0;
+    // every thread runs the same number of calls; repeat until the time budget is used
+    while (el < seconds / 3) {
+      float part = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : part)
+      part += call(static_cast<float>(omp_get_thread_num()));
+      sink = sink + part;
+      ++calls;
+      el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    best = std::max(best, flops_per_call * static_cast<double>(calls) * threads / el / 1e9);
+  }
+  (void)sink;
+  return best;
+}
+
+}  // namespace mambacv::cpu

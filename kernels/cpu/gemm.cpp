@@ -1,0 +1,365 @@
+// kernels/cpu/gemm.cpp - the fp32 GEMM: y (M, N) = A (M, K) @ W^T + bias, with W (N, K) packed once (PackedWeight).
+//
+// Backends, chosen at run time by cpu::cpu_isa() when a weight is packed:
+//   avx512: 14 x 32 register tile (28 zmm accumulators; each k step: 2 vector loads of W, 14 broadcasts of A,
+//           28 FMAs), W in panels of 32 columns (K x 32, k-major), A packed per thread into 14-row micro-panels;
+//   avx2:   6 x 16 tile (12 ymm accumulators), panels of 16 columns;
+//   generic (MAMBACV_ISA=generic or a CPU without AVX2): Eigen's product kernel on the plain (N, K) copy.
+// Blocking: k in blocks of kKC (A micro-panel in L1, one W panel block of kKC x NR reused across the micro-panels
+// of an M chunk), M in chunks of 8 micro-panels; work items are (M chunk, group of W panels) so that small M still
+// splits over the threads. Every C tile belongs to one work item, so k blocks accumulate without races; a tile is
+// written as acc (+ C) (+ bias), bias and the caller's beta * C entering on the first k block only.
+// Results equal the reference up to float summation order (k ascending within each block).
+// Why our own kernel and not a BLAS: Debian's OpenBLAS 0.3.21 falls back to SSE3 kernels on CPUs it does not know,
+// BLIS 0.9 misdetects them too, and neither can take weights packed once at load (README, GEMM measurements).
+#include <immintrin.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+#pragma GCC diagnostic pop
+
+#include "kernels/cpu_info.h"
+#include "kernels/ops.h"
+#include "mambacv/error.h"
+
+#define MAMBACV_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define MAMBACV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace mambacv::ops {
+
+namespace {
+constexpr int64_t kKC = 512;
+constexpr int kMR512 = 14, kNR512 = 32;
+constexpr int kMR256 = 6, kNR256 = 16;
+constexpr int kChunkPanels = 8;  // micro-panels per M chunk
+
+int panel_width(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kNR512 : isa == cpu::Isa::Avx2 ? kNR256 : 0; }
+int tile_rows(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kMR512 : kMR256; }
+
+// ---- AVX-512 micro-kernel: C[0:MR, 0:16*NV] (+)= A (MR x kc) * Bp (kc x 32), columns masked to ncols ----------
+// A is a packed micro-panel (element (i, k) at a[k * MR + i]) or, with kRowA, the caller's rows (a[i * lda + k]).
+// NV = 2 computes both 16-column halves of the panel, NV = 1 only the first (a panel with at most 16 columns).
+template <int MR, int NV, bool kRowA>
+MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const float* __restrict a, int64_t lda,
+                                      const float* __restrict bp, float* c, int64_t ldc, unsigned ncols,
+                                      const float* bias, bool add_c) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(bp);
+    const __m512 b1 = NV == 2 ? _mm512_load_ps(bp + 16) : b0;
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(kRowA ? a[i * lda + k] : a[k * MR + i]);
+      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+      if (NV == 2) c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+    }
+    bp += kNR512;
+  }
+  const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1u);
+  const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? __mmask16(0) : __mmask16((1u << (ncols - 16)) - 1u);
+  __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+  if (bias) {
+    bias0 = _mm512_maskz_loadu_ps(m0, bias);
+    if (NV == 2) bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    __m512 x0 = c0[i], x1 = c1[i];
+    if (add_c) {
+      x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, ci));
+      if (NV == 2) x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    if (bias) {
+      x0 = _mm512_add_ps(x0, bias0);
+      x1 = _mm512_add_ps(x1, bias1);
+    }
+    _mm512_mask_storeu_ps(ci, m0, x0);
+    if (NV == 2) _mm512_mask_storeu_ps(ci + 16, m1, x1);
+  }
+}
+
+// ---- AVX2 micro-kernel: C[0:MR, 0:16] --------------------------------------------------------------------------
+MAMBACV_TARGET_AVX2 inline __m256i lane_mask8(unsigned n) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), idx);
+}
+
+// A packed or row-major as in the AVX-512 kernel; NV = 2 both 8-column halves of the 16-column panel, 1 the first.
+template <int MR, int NV, bool kRowA>
+MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict bp,
+                                  float* c, int64_t ldc, unsigned ncols, const float* bias, bool add_c) {
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(bp);
+    const __m256 b1 = NV == 2 ? _mm256_load_ps(bp + 8) : b0;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(kRowA ? a + i * lda + k : a + k * MR + i);
+      c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+      if (NV == 2) c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+    }
+    bp += kNR256;
+  }
+  const __m256i m0 = lane_mask8(std::min(ncols, 8u)), m1 = lane_mask8(ncols > 8 ? ncols - 8 : 0u);
+  __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+  if (bias) {
+    bias0 = _mm256_maskload_ps(bias, m0);
+    if (NV == 2) bias1 = _mm256_maskload_ps(bias + 8, m1);
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    __m256 x0 = c0[i], x1 = c1[i];
+    if (add_c) {
+      x0 = _mm256_add_ps(x0, _mm256_maskload_ps(ci, m0));
+      if (NV == 2) x1 = _mm256_add_ps(x1, _mm256_maskload_ps(ci + 8, m1));
+    }
+    if (bias) {
+      x0 = _mm256_add_ps(x0, bias0);
+      x1 = _mm256_add_ps(x1, bias1);
+    }
+    _mm256_maskstore_ps(ci, m0, x0);
+    if (NV == 2) _mm256_maskstore_ps(ci + 8, m1, x1);
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, unsigned, const float*, bool);
+
+template <int NV, bool kRowA, int... R>
+constexpr std::array<Ukr, sizeof...(R)> avx512_table(std::integer_sequence<int, R...>) {
+  return {&ukr_avx512<R + 1, NV, kRowA>...};
+}
+template <int NV, bool kRowA, int... R>
+constexpr std::array<Ukr, sizeof...(R)> avx2_table(std::integer_sequence<int, R...>) {
+  return {&ukr_avx2<R + 1, NV, kRowA>...};
+}
+// kernel for a micro-panel of h rows (1 <= h <= MR), a panel of ncols columns, packed or row-major A
+Ukr micro_kernel(cpu::Isa isa, int h, unsigned ncols, bool row_a) {
+  using S512 = std::make_integer_sequence<int, kMR512>;
+  using S256 = std::make_integer_sequence<int, kMR256>;
+  static constexpr std::array<Ukr, kMR512> t512[2][2] = {
+      {avx512_table<1, false>(S512{}), avx512_table<1, true>(S512{})},
+      {avx512_table<2, false>(S512{}), avx512_table<2, true>(S512{})}};
+  static constexpr std::array<Ukr, kMR256> t256[2][2] = {
+      {avx2_table<1, false>(S256{}), avx2_table<1, true>(S256{})},
+      {avx2_table<2, false>(S256{}), avx2_table<2, true>(S256{})}};
+  const size_t i = static_cast<size_t>(h - 1);
+  if (isa == cpu::Isa::Avx512) return t512[ncols > 16 ? 1 : 0][row_a ? 1 : 0][i];
+  return t256[ncols > 8 ? 1 : 0][row_a ? 1 : 0][i];
+}
+
+// Heights of the micro-panels covering m rows with at most mr each, as even as possible (197 rows: 13 x 14 and
+// 2 x 13 rather than 14 x 14 and a slow 1-row tail). Returns the count; heights[j] for j < count.
+int micro_heights(int64_t m, int mr, int* heights) {
+  const int64_t n = (m + mr - 1) / mr;
+  for (int64_t j = 0; j < n; ++j) heights[j] = static_cast<int>(m / n + (j < m % n ? 1 : 0));
+  return static_cast<int>(n);
+}
+
+// rows [i0, i0 + sum(heights)) x cols [k0, k0 + kc) of A -> one k-major micro-panel per height (kc x h, element
+// (i, k) at k * h + i), back to back from dst.
+void pack_a(const float* A, int64_t lda, int64_t i0, const int* heights, int n, int64_t k0, int64_t kc, float* dst) {
+  int64_t r = 0;
+  for (int j = 0; j < n; ++j) {
+    const int h = heights[j];
+    for (int i = 0; i < h; ++i) {
+      const float* s = A + (i0 + r + i) * lda + k0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * h + i] = s[k];
+    }
+    dst += kc * h;
+    r += h;
+  }
+}
+
+void check_gemm_sizes(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, float* C, int64_t ldc) {
+  MAMBACV_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=" << M << " N=" << N << " K=" << K);
+  if (M == 0 || N == 0) return;
+  MAMBACV_CHECK((M == 1 || lda >= K) && (M == 1 || ldc >= N),
+                "gemm: row strides too small: lda=" << lda << " (K=" << K << "), ldc=" << ldc << " (N=" << N << ")");
+  MAMBACV_CHECK(C != nullptr && (K == 0 || A != nullptr), "gemm: null operand");
+}
+
+// C = bias (+ beta C) where K == 0
+void gemm_k0(int64_t M, int64_t N, float* C, int64_t ldc, const float* bias, float beta) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = (beta != 0.0f ? beta * C[i * ldc + j] : 0.0f) + (bias ? bias[j] : 0.0f);
+}
+
+void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W,
+                      float* C, int64_t ldc, const float* bias, float beta) {
+  const cpu::Isa isa = W.isa;
+  const int mr = tile_rows(isa), nr = W.nr;
+  const int64_t N = W.N, K = W.K;
+  // M chunks of at most kChunkPanels micro-panels, as even as possible
+  const int64_t mchunks = (M + int64_t(mr) * kChunkPanels - 1) / (int64_t(mr) * kChunkPanels);
+  const int64_t MC = (M + mchunks - 1) / mchunks, npanels = (N + nr - 1) / nr;
+  // k blocks of at most kKC, as even as possible
+  const int64_t nkb = (K + kKC - 1) / kKC, kc_max = (K + nkb - 1) / nkb;
+  // enough work items for the threads: split the panels when M gives fewer than 2 chunks per thread
+  int64_t ngroups = 1;
+  if (mchunks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mchunks - 1) / mchunks);
+  const int64_t items = mchunks * ngroups;
+  // Packing A costs about one pass over it per work item; with few panels to reuse it over, reading A's rows in
+  // place is cheaper.
+  const bool row_a = (npanels + ngroups - 1) / ngroups <= 2;
+  const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  const int workers = parallel_workers(ctx, items, work);
+  Tensor apack;
+  if (!row_a) apack = ctx.empty({static_cast<int64_t>(workers), MC * kc_max});
+  float* apack_base = row_a ? nullptr : apack.f32();
+  const float* panels = W.panels.f32();
+  parallel_for_tid(ctx, items, work, [&](int64_t b, int64_t e, int tid) {
+    float* ap = row_a ? nullptr : apack_base + static_cast<int64_t>(tid) * MC * kc_max;
+    int heights[kChunkPanels];
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t mc = it / ngroups, g = it % ngroups;
+      const int64_t i0 = mc * MC, m = std::min(MC, M - i0);
+      const int np = micro_heights(m, mr, heights);
+      const int64_t p0 = npanels * g / ngroups, p1 = npanels * (g + 1) / ngroups;
+      for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, K - k0);
+        const bool first = k0 == 0;
+        const bool add_c = !first || beta != 0.0f;
+        if (!row_a) pack_a(A, lda, i0, heights, np, k0, kc, ap);
+        for (int64_t p = p0; p < p1; ++p) {
+          const float* bp = panels + (p * K + k0) * nr;
+          const unsigned ncols = static_cast<unsigned>(std::min<int64_t>(nr, N - p * nr));
+          const float* bias_p = first && bias ? bias + p * nr : nullptr;
+          int64_t r = 0, off = 0;
+          for (int j = 0; j < np; ++j) {
+            const int h = heights[j];
+            const float* a = row_a ? A + (i0 + r) * lda + k0 : ap + off;
+            micro_kernel(isa, h, ncols, row_a)(kc, a, lda, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p,
+                                               add_c);
+            r += h;
+            off += kc * h;
+          }
+        }
+      }
+    }
+  });
+}
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstMap = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Runs f with OpenMP's thread count of the calling thread set to ctx.threads (Eigen asks omp_get_max_threads()),
+// restoring it afterwards.
+template <class F>
+void with_omp_threads(const ExecContext& ctx, F&& f) {
+  const int prev = omp_get_max_threads();
+  omp_set_num_threads(std::max(1, ctx.threads));
+  f();
+  omp_set_num_threads(prev);
+}
+}  // namespace
+
+const char* gemm_backend() {
+  switch (cpu::cpu_isa()) {
+    case cpu::Isa::Avx512:
+      return "mambacv-avx512 (14x32)";
+    case cpu::Isa::Avx2:
+      return "mambacv-avx2 (6x16)";
+    default:
+      return "eigen";
+  }
+}
+
+PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K, const float* bias) {
+  return pack_weight_for(cpu::cpu_isa(), B, ldb, trans_b, N, K, bias);
+}
+
+PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
+                             const float* bias) {
+  MAMBACV_CHECK(static_cast<int>(isa) <= static_cast<int>(cpu::detected_isa()),
+                "pack_weight: this CPU (or build) cannot run the " << cpu::isa_name(isa) << " GEMM kernels");
+  MAMBACV_CHECK(N >= 0 && K >= 0, "pack_weight: negative size N=" << N << " K=" << K);
+  MAMBACV_CHECK(N == 0 || K == 0 || B != nullptr, "pack_weight: null weight");
+  MAMBACV_CHECK((trans_b ? N : K) <= 1 || ldb >= (trans_b ? K : N),
+                "pack_weight: row stride " << ldb << " too small (needs " << (trans_b ? K : N) << ")");
+  PackedWeight w;
+  w.N = N;
+  w.K = K;
+  w.isa = isa;
+  w.nr = panel_width(w.isa);
+  if (bias) {
+    w.bias = Tensor::empty({N});
+    std::copy(bias, bias + N, w.bias.f32());
+  }
+  auto at = [&](int64_t n, int64_t k) { return trans_b ? B[n * ldb + k] : B[k * ldb + n]; };
+  if (w.nr == 0) {  // generic: a plain (N, K) copy for Eigen
+    w.plain = Tensor::empty({N, K});
+    float* d = w.plain.f32();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) d[n * K + k] = at(n, k);
+    return w;
+  }
+  const int64_t nr = w.nr, np = (N + nr - 1) / nr;
+  w.panels = Tensor::zeros({np * std::max<int64_t>(K, 1) * nr});
+  float* d = w.panels.f32();
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t j = 0; j < nr && p * nr + j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) d[(p * K + k) * nr + j] = at(p * nr + j, k);
+  return w;
+}
+
+PackedWeight pack_linear(const Tensor& W, const Tensor& bias) {
+  MAMBACV_CHECK(W.defined() && W.ndim() == 2 && W.dtype() == DType::F32 && W.device() == Device::Cpu,
+                "pack_linear: expected an f32 (N, K) weight on the CPU, got " << (W.defined() ? W.str() : "none"));
+  MAMBACV_CHECK(!bias.defined() || (bias.numel() == W.dim(0) && bias.dtype() == DType::F32),
+                "pack_linear: bias " << bias.str() << " does not match weight " << W.str());
+  return pack_weight(W.f32(), W.dim(1), /*trans_b=*/true, W.dim(0), W.dim(1),
+                     bias.defined() ? bias.f32() : nullptr);
+}
+
+void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
+          int64_t ldc, float beta) {
+  const int64_t N = W.N, K = W.K;
+  check_gemm_sizes(M, N, K, A, lda, C, ldc);
+  MAMBACV_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1, got " << beta);
+  OpTrace trace(ctx, "gemm", 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K),
+                4.0 * static_cast<double>(M * K + N * K + M * N));
+  if (M == 0 || N == 0) return;
+  const float* bias = W.bias.defined() ? W.bias.f32() : nullptr;
+  if (K == 0) return gemm_k0(M, N, C, ldc, bias, beta);
+  if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta);
+  // generic: Eigen on the plain copy; C is initialised with bias / beta * C first, the product added into it
+  MutMap c(C, M, N, Eigen::OuterStride<>(std::max(ldc, N)));
+  const ConstMap a(A, M, K, Eigen::OuterStride<>(std::max(lda, K)));
+  const ConstMap w(W.plain.f32(), N, K, Eigen::OuterStride<>(K));
+  with_omp_threads(ctx, [&] {
+    if (beta == 0.0f && !bias) {
+      c.noalias() = a * w.transpose();
+      return;
+    }
+    if (beta == 0.0f) c.setZero();
+    if (bias) c.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, N);
+    c.noalias() += a * w.transpose();
+  });
+}
+
+void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate) {
+  MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && x.dim(-1) == W.K,
+                "linear: x must end in " << W.K << " features, got " << (x.defined() ? x.str() : "an empty tensor"));
+  const int64_t rows = W.K > 0 ? x.numel() / W.K : 0;
+  MAMBACV_CHECK(y.defined() && y.ndim() >= 1 && y.dim(-1) == W.N && y.numel() == rows * W.N,
+                "linear: y must be (" << rows << ", " << W.N << "), got " << (y.defined() ? y.str() : "none"));
+  require_f32("linear", {{"x", &x}, {"y", &y}});
+  gemm(ctx, rows, x.f32(), W.K, W, y.f32(), W.N, accumulate ? 1.0f : 0.0f);
+}
+
+}  // namespace mambacv::ops

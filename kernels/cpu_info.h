@@ -1,0 +1,39 @@
+// kernels/cpu_info.h - what the CPU running this process can do, read once at run time (CPUID + XGETBV), and the
+// instruction-set level the kernels dispatch to.
+//
+// The library is compiled for a baseline (x86-64-v3: AVX2 + FMA by default, see CMakeLists.txt); kernels with a
+// faster AVX-512 variant (GEMM, selective scan, depthwise convolution) choose it at run time from cpu_isa().
+// MAMBACV_ISA=avx512|avx2|generic in the environment lowers the level (never raises it above what the CPU and the
+// build support), so one machine can test every path: "generic" selects the portable code (Eigen GEMM, plain
+// loops), "avx2" the AVX2 kernels.
+#pragma once
+
+#include <string>
+
+namespace mambacv::cpu {
+
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
+const char* isa_name(Isa i);  // "generic" | "avx2" | "avx512"
+
+struct Features {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
+  bool avx512_bf16 = false, avx512_fp16 = false, amx_bf16 = false, amx_tile = false;
+  bool os_avx = false, os_avx512 = false;  // the OS saves the ymm / zmm state (XGETBV)
+};
+
+const Features& features();      // this CPU, detected once
+const std::string& cpu_name();   // CPUID brand string, e.g. "Intel(R) Xeon(R) Platinum 8488C"
+Isa cpu_isa();                   // the level the kernels use (CPU, build and MAMBACV_ISA override combined)
+Isa detected_isa();              // the highest level the CPU and the build support, before any override
+// One line naming the CPU's vector features of interest, e.g. "avx2 fma avx512f avx512bw avx512_bf16".
+std::string feature_string();
+
+}  // namespace mambacv::cpu
+
+namespace mambacv::cpu {
+// The machine's fp32 FMA throughput in GFLOP/s (2 per FMA) on `threads` threads: each runs independent FMA chains
+// in registers (24 zmm accumulators with AVX-512, 12 ymm with AVX2, scalar otherwise - the widest cpu_isa()
+// allows) for about `seconds`; the best of a few repeats.
+double measure_fma_peak_gflops(int threads, double seconds = 0.2);
+}  // namespace mambacv::cpu

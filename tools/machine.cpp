@@ -1,0 +1,130 @@
+// What `bench` and `info` print about the machine: the CPU, the ISA each kernel family dispatched to, the
+// measured FMA peak and the measured rate of the library's own GEMM.
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include "kernels/cpu_info.h"
+#include "kernels/ops.h"
+#include "tools/commands.h"
+
+namespace mambacv::cli {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+int resolve_threads(int threads) { return ExecContext::cpu(threads).threads; }
+
+double measure_gemm_gflops(int threads) {
+  const ExecContext ctx = ExecContext::cpu(threads);
+  const int64_t n = 1024;
+  std::vector<float> a(n * n), b(n * n), c(n * n);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> d(-1, 1);
+  for (auto& v : a) v = d(rng);
+  for (auto& v : b) v = d(rng);
+  const ops::PackedWeight w = ops::pack_weight(b.data(), n, /*trans_b=*/true, n, n);
+  ops::gemm(ctx, n, a.data(), n, w, c.data(), n);  // warm up
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    double t0 = now_s();
+    ops::gemm(ctx, n, a.data(), n, w, c.data(), n);
+    best = std::min(best, now_s() - t0);
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+MachineReport measure_machine(int threads) {
+  MachineReport m;
+  m.threads = resolve_threads(threads);
+  m.cpu = cpu::cpu_name();
+  m.features = cpu::feature_string();
+  m.isa = cpu::isa_name(cpu::cpu_isa());
+  m.gemm_backend = ops::gemm_backend();
+  m.fma_peak_gflops = cpu::measure_fma_peak_gflops(m.threads);
+  m.gemm_gflops = measure_gemm_gflops(m.threads);
+  return m;
+}
+
+nlohmann::ordered_json MachineReport::json() const {
+  return {{"cpu", cpu},
+          {"cpu_features", features},
+          {"threads", threads},
+          {"isa", {{"gemm", gemm_backend}, {"selective_scan", isa}, {"depthwise_conv", isa}, {"elementwise", "baseline"}}},
+          {"fma_peak_gflops", fma_peak_gflops},
+          {"gemm_gflops", gemm_gflops}};
+}
+
+void MachineReport::print() const {
+  std::printf("cpu %s (%s)\n", cpu.c_str(), features.c_str());
+  std::printf("kernels: gemm %s, selective scan %s, depthwise conv %s  (MAMBACV_ISA=avx512|avx2|generic lowers)\n",
+              gemm_backend.c_str(), isa.c_str(), isa.c_str());
+  std::printf("machine fp32 on %d threads: FMA peak %.1f GFLOP/s, GEMM %.1f GFLOP/s (1024^3, packed, %.0f%% of peak)\n",
+              threads, fma_peak_gflops, gemm_gflops, 100.0 * gemm_gflops / fma_peak_gflops);
+}
+
+}  // namespace mambacv::cli
+
+namespace mambacv::cli {
+
+// `bench --gemm`: the library GEMM (weights packed) on the models' own shapes, 1 thread and `threads` threads,
+// median of repeated calls, beside the FMA peak of the same thread count.
+int bench_gemm(int threads, bool json) {
+  struct Shape3 {
+    int64_t M, N, K;
+    const char* what;
+  };
+  const std::vector<Shape3> shapes = {
+      {197, 768, 192, "Vim-T in_proj"},       {197, 192, 384, "Vim-T out_proj"},
+      {197, 40, 384, "Vim-T x_proj"},         {3136, 384, 96, "VMamba-T stage 1 fc1"},
+      {3136, 96, 192, "VMamba-T stage 1 out_proj"}, {784, 768, 192, "VMamba-T stage 2 fc1"},
+      {196, 1536, 384, "VMamba-T stage 3 fc1"}, {196, 384, 1536, "VMamba-T stage 3 fc2"},
+      {49, 3072, 768, "VMamba-T stage 4 fc1"}, {1568, 768, 192, "Vim-T in_proj, batch 8"},
+  };
+  const int nt = resolve_threads(threads);
+  std::vector<int> counts = {1};
+  if (nt > 1) counts.push_back(nt);
+  if (!json) std::printf("gemm backend %s, weights packed once, C = A (M, K) @ W^T (N, K)\n", ops::gemm_backend());
+  for (int t : counts) {
+    const double peak = cpu::measure_fma_peak_gflops(t);
+    const ExecContext ctx = ExecContext::cpu(t);
+    if (!json) {
+      std::printf("threads %d: FMA peak %.1f GFLOP/s\n", t, peak);
+      std::printf("  %-28s %6s %6s %6s %10s %8s\n", "shape", "M", "N", "K", "GFLOP/s", "of_peak");
+    }
+    for (const Shape3& s : shapes) {
+      std::mt19937 rng(7);
+      std::uniform_real_distribution<float> d(-1, 1);
+      std::vector<float> a(static_cast<size_t>(s.M * s.K)), b(static_cast<size_t>(s.N * s.K)),
+          c(static_cast<size_t>(s.M * s.N));
+      for (auto& v : a) v = d(rng);
+      for (auto& v : b) v = d(rng);
+      const ops::PackedWeight w = ops::pack_weight(b.data(), s.K, true, s.N, s.K);
+      const double flop = 2.0 * s.M * s.N * s.K;
+      const int reps = std::max(5, static_cast<int>(2e9 / flop));
+      std::vector<double> ts;
+      for (int i = 0; i < reps + 2; ++i) {
+        const double t0 = now_s();
+        ops::gemm(ctx, s.M, a.data(), s.K, w, c.data(), s.N);
+        if (i >= 2) ts.push_back(now_s() - t0);
+      }
+      std::sort(ts.begin(), ts.end());
+      const double rate = flop / ts[ts.size() / 2] / 1e9;
+      if (json) {
+        nlohmann::ordered_json j = {{"shape", s.what}, {"M", s.M}, {"N", s.N}, {"K", s.K}, {"threads", t},
+                                    {"gflops", rate}, {"fma_peak_gflops", peak}, {"peak_fraction", rate / peak},
+                                    {"backend", ops::gemm_backend()}};
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        std::printf("  %-28s %6lld %6lld %6lld %10.1f %7.1f%%\n", s.what, static_cast<long long>(s.M),
+                    static_cast<long long>(s.N), static_cast<long long>(s.K), rate, 100.0 * rate / peak);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace mambacv::cli
