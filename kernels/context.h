@@ -31,9 +31,18 @@ class TraceSink {
   // The network names the part it is in ("patch_embed", "stage.0", "head", ...); records are attributed to it.
   void set_stage(const std::string& s) { stage_ = s; }
   const std::string& stage() const { return stage_; }
+  // parallel_for reports the team size it ran with; record() implementations may take the largest since the
+  // previous record (the team size of the op being recorded) with take_team().
+  void note_team(int n) { team_ = std::max(team_, n); }
+  int take_team() {
+    const int t = team_;
+    team_ = 1;
+    return t;
+  }
 
  private:
   std::string stage_;
+  int team_ = 1;
 };
 
 struct ExecContext {
@@ -94,6 +103,7 @@ inline int parallel_workers(const ExecContext& ctx, int64_t n, double work) {
 template <class F>
 void parallel_for_tid(const ExecContext& ctx, int64_t n, double work, F&& fn) {
   const int nt = parallel_workers(ctx, n, work);
+  if (ctx.trace) ctx.trace->note_team(nt);
   if (nt <= 1) {
     if (n > 0) fn(int64_t{0}, n, 0);
     return;

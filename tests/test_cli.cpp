@@ -265,12 +265,20 @@ TEST(CliBench, JsonLinesWithEveryField) {
   const std::string out =
       stdout_of(cli("bench --json --iters 1 --warmup 0 --batch 1,2 --model " + q(fixture("vim_mini.json"))), &rc);
   ASSERT_EQ(rc, 0) << out;
-  const auto lines = json_lines(out);
-  ASSERT_EQ(lines.size(), 2u) << out;
+  auto lines = json_lines(out);
+  ASSERT_EQ(lines.size(), 3u) << out;
+  // first the machine: CPU, the ISA of each kernel family, the measured FMA peak and GEMM rate
+  const auto machine = lines[0].at("machine");
+  for (const char* key : {"cpu", "cpu_features", "threads", "isa", "fma_peak_gflops", "gemm_gflops"})
+    EXPECT_TRUE(machine.contains(key)) << key << " missing in " << machine.dump();
+  EXPECT_GT(machine["fma_peak_gflops"].get<double>(), 0.0);
+  EXPECT_TRUE(machine["isa"].contains("gemm") && machine["isa"].contains("selective_scan"));
+  lines.erase(lines.begin());
   for (size_t i = 0; i < lines.size(); ++i) {
     const auto& j = lines[i];
     for (const char* key : {"model", "device", "dtype", "batch", "size", "threads", "median_ms", "min_ms", "max_ms",
-                            "images_per_s", "peak_rss_mb", "gemm_gflops", "model_gflop", "peak_fraction"})
+                            "images_per_s", "peak_rss_mb", "fma_peak_gflops", "gemm_gflops", "model_gflop",
+                            "peak_fraction"})
       EXPECT_TRUE(j.contains(key)) << key << " missing in " << j.dump();
     EXPECT_EQ(j["batch"].get<int>(), static_cast<int>(i) + 1);
     EXPECT_EQ(j["size"].get<int>(), 64);
@@ -284,6 +292,42 @@ TEST(CliBench, JsonLinesWithEveryField) {
     EXPECT_LE(j["median_ms"].get<double>(), j["max_ms"].get<double>());
   }
   EXPECT_EQ(lines[0]["model_gflop"], lines[1]["model_gflop"]) << "FLOPs are per image";
+  // the fraction is of the FMA peak of the same run
+  EXPECT_NEAR(lines[0]["peak_fraction"].get<double>(),
+              lines[0]["achieved_gflops"].get<double>() / lines[0]["fma_peak_gflops"].get<double>(), 1e-9);
+}
+
+TEST(CliBench, PerOpTableAndGemmShapes) {
+  int rc = -1;
+  std::string out = stdout_of(
+      cli("bench --json --per-op --iters 1 --warmup 0 --batch 1 --threads 2 --model " + q(fixture("vmamba_v2_mini.json"))),
+      &rc);
+  ASSERT_EQ(rc, 0) << out;
+  auto lines = json_lines(out);
+  ASSERT_EQ(lines.size(), 2u) << out;
+  const auto& rows = lines[1].at("per_op");
+  ASSERT_GT(rows.size(), 5u);
+  double gflop = 0;
+  std::set<std::string> ops;
+  for (const auto& r : rows) {
+    for (const char* key : {"stage", "op", "calls", "ms", "gflop", "mbytes", "gflops"}) EXPECT_TRUE(r.contains(key));
+    gflop += r["gflop"].get<double>();
+    ops.insert(r["op"].get<std::string>());
+  }
+  EXPECT_NEAR(gflop, lines[1]["model_gflop"].get<double>(), 1e-6 * gflop) << "the trace sees every op's FLOPs";
+  EXPECT_TRUE(ops.count("gemm") && ops.count("selective_scan") && ops.count("depthwise_conv2d")) << out;
+  // the text table names the stages
+  out = stdout_of(cli("bench --per-op --iters 1 --warmup 0 --batch 1 --model " + q(fixture("vim_mini.json"))), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("per op"), std::string::npos) << out;
+  EXPECT_NE(out.find("selective_scan"), std::string::npos) << out;
+  EXPECT_NE(out.find("FMA peak"), std::string::npos) << out;
+  // bench --gemm: the GEMM alone on the models' shapes
+  out = stdout_of(cli("bench --gemm --json --threads 1"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  lines = json_lines(out);
+  ASSERT_GE(lines.size(), 5u) << out;
+  for (const auto& j : lines) EXPECT_GT(j["gflops"].get<double>(), 0.0) << j.dump();
 }
 
 // ---- info ----------------------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ namespace {
 
 using test::random_tensor;
 
+const ExecContext kCtx = ExecContext::cpu();
+
 // Owns the weights of one conv / linear layer for the tests.
 struct OwnedConv {
   Tensor w, b;
@@ -23,7 +25,8 @@ struct OwnedConv {
   OwnedConv(int64_t co, int64_t ci, int k, uint64_t seed, bool bias = true) {
     w = random_tensor({co, ci, k, k}, seed, -0.5f, 0.5f);
     if (bias) b = random_tensor({co}, seed + 1, -0.5f, 0.5f);
-    c = {w.f32(), bias ? b.f32() : nullptr, co, ci, k};
+    c = {w.f32(), bias ? b.f32() : nullptr, co, ci, k, {}};
+    c.prepare();
   }
 };
 struct OwnedLinear {
@@ -32,7 +35,8 @@ struct OwnedLinear {
   OwnedLinear(int64_t out, int64_t in, uint64_t seed, float scale = 0.2f) {
     w = random_tensor({out, in}, seed, -scale, scale);
     b = random_tensor({out}, seed + 1, -scale, scale);
-    l = {w.f32(), b.f32(), out, in};
+    l = {w.f32(), b.f32(), out, in, {}};
+    l.prepare();
   }
 };
 
@@ -61,17 +65,18 @@ void expect_close(const Tensor& got, const Tensor& ref, double tol, const std::s
 }
 
 TEST(DetectionHeads, Deconv2x2MatchesNaiveLoop) {
-  for (auto [B, H, W, Ci, Co] : std::vector<std::array<int64_t, 5>>{{1, 1, 1, 1, 1}, {2, 3, 5, 7, 5}, {1, 14, 14, 16, 17}}) {
+  for (auto [B, H, W, Ci, Co] :
+       std::vector<std::array<int64_t, 5>>{{1, 1, 1, 1, 1}, {2, 3, 5, 7, 5}, {1, 14, 14, 16, 17}}) {
     Tensor x = random_tensor({B, Ci, H, W}, 11 + Ci);
     Tensor w = random_tensor({Ci, Co, 2, 2}, 12 + Co);
     Tensor b = random_tensor({Co}, 13);
-    std::vector<float> packed = heads::pack_deconv2x2(w.f32(), Ci, Co);
+    const ops::PackedWeight packed = heads::pack_deconv2x2(w.f32(), Ci, Co);
     for (bool relu : {false, true}) {
-      Tensor got = to_nchw(heads::deconv2x2_nhwc(to_nhwc(x), packed.data(), b.f32(), Co, relu));
+      Tensor got = to_nchw(heads::deconv2x2_nhwc(kCtx, to_nhwc(x), packed, b.f32(), Co, relu));
       Tensor ref = heads::ref::deconv2x2_nchw(x, w.f32(), b.f32(), Co, relu);
       expect_close(got, ref, 1e-6, "deconv " + shape_str(x.shape()));
     }
-    Tensor nob = to_nchw(heads::deconv2x2_nhwc(to_nhwc(x), packed.data(), nullptr, Co, false));
+    Tensor nob = to_nchw(heads::deconv2x2_nhwc(kCtx, to_nhwc(x), packed, nullptr, Co, false));
     expect_close(nob, heads::ref::deconv2x2_nchw(x, w.f32(), nullptr, Co, false), 1e-6, "deconv without bias");
   }
 }
@@ -83,26 +88,26 @@ TEST(DetectionHeads, ConvSameMatchesNaiveLoop) {
       OwnedConv c(9, 6, k, 20 + k);
       Tensor x = random_tensor({B, 6, H, W}, 21 + B);
       for (bool relu : {false, true}) {
-        Tensor got = to_nchw(heads::conv_same_nhwc(to_nhwc(x), c.c, relu));
+        Tensor got = to_nchw(heads::conv_same_nhwc(kCtx, to_nhwc(x), c.c, relu));
         expect_close(got, heads::ref::conv_same_nchw(x, c.c, relu), 1e-5,
                      "conv k" + std::to_string(k) + " " + shape_str(x.shape()));
       }
     }
   OwnedConv nob(5, 6, 3, 30, /*bias=*/false);
   Tensor x = random_tensor({2, 6, 5, 4}, 31);
-  expect_close(to_nchw(heads::conv_same_nhwc(to_nhwc(x), nob.c, false)), heads::ref::conv_same_nchw(x, nob.c, false),
-               1e-5, "conv without bias");
+  expect_close(to_nchw(heads::conv_same_nhwc(kCtx, to_nhwc(x), nob.c, false)),
+               heads::ref::conv_same_nchw(x, nob.c, false), 1e-5, "conv without bias");
 }
 
 TEST(DetectionHeads, NearestIndexIsPyTorchs) {
   // F.interpolate(size=7, mode="nearest") of 3 values reads 0,0,0,1,1,2,2; 2x reads i >> 1; same size: identity
   const int64_t want[7] = {0, 0, 0, 1, 1, 2, 2};
-  for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(heads::nearest_source_index(i, 3, 7), want[i]) << i;
-  for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(heads::nearest_source_index(i, 5, 10), i / 2);
-  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(heads::nearest_source_index(i, 5, 5), i);
+  for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(ops::nearest_source_index(i, 3, 7), want[i]) << i;
+  for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(ops::nearest_source_index(i, 5, 10), i / 2);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(ops::nearest_source_index(i, 5, 5), i);
   // downsampling (never in an FPN, but defined): 9 -> 4 reads floor(i * 2.25)
   const int64_t down[4] = {0, 2, 4, 6};
-  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(heads::nearest_source_index(i, 9, 4), down[i]);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(ops::nearest_source_index(i, 9, 4), down[i]);
 }
 
 TEST(DetectionHeads, FpnMatchesDirectLoops) {
@@ -128,7 +133,7 @@ TEST(DetectionHeads, FpnMatchesDirectLoops) {
     }
     for (int num_outs : {4, 5, 6}) {
       w.num_outs = num_outs;
-      std::vector<Tensor> got = heads::fpn_forward(nhwc, w);
+      std::vector<Tensor> got = heads::fpn_forward(kCtx, nhwc, w);
       std::vector<Tensor> ref = heads::ref::fpn_forward_nchw(nchw, w);
       ASSERT_EQ(got.size(), static_cast<size_t>(num_outs));
       ASSERT_EQ(ref.size(), got.size());
@@ -142,7 +147,7 @@ TEST(DetectionHeads, RpnHeadLevelMatchesNaive) {
   OwnedConv conv(F, C, 3, 400), cls(A, F, 1, 401), reg(4 * A, F, 1, 402);
   heads::RpnW w{conv.c, cls.c, reg.c};
   Tensor x = random_tensor({1, C, H, W}, 403);
-  heads::RpnLevelOut o = heads::rpn_head_level(to_nhwc(x), w);
+  heads::RpnLevelOut o = heads::rpn_head_level(kCtx, to_nhwc(x), w);
   Tensor t = heads::ref::conv_same_nchw(x, conv.c, true);
   Tensor logits = heads::ref::conv_same_nchw(t, cls.c, false);  // (1, A, H, W)
   Tensor deltas = heads::ref::conv_same_nchw(t, reg.c, false);  // (1, 4A, H, W)
@@ -279,12 +284,12 @@ TEST(DetectionHeads, BoxHeadMatchesNaive) {
   BoxHeadFixture f;
   Tensor feats = random_tensor({f.n, f.C, f.r, f.r}, 710);
   Tensor cls, deltas, rcls, rdeltas;
-  heads::box_head_forward(feats, f.w, &cls, &deltas);
+  heads::box_head_forward(kCtx, feats, f.w, &cls, &deltas);
   heads::ref::box_head_forward(feats, f.w, &rcls, &rdeltas);
   expect_close(cls, rcls, 1e-5, "cls_score");
   expect_close(deltas, rdeltas, 1e-5, "bbox_pred");
   Tensor empty_cls, empty_deltas;
-  heads::box_head_forward(Tensor::empty({0, f.C, f.r, f.r}), f.w, &empty_cls, &empty_deltas);
+  heads::box_head_forward(kCtx, Tensor::empty({0, f.C, f.r, f.r}), f.w, &empty_cls, &empty_deltas);
   EXPECT_EQ(empty_cls.dim(0), 0);
 }
 
@@ -337,10 +342,9 @@ TEST(DetectionHeads, MaskHeadMatchesNaive) {
   for (int i = 0; i < 4; ++i) convs.emplace_back(Cm, i == 0 ? C : Cm, 3, 800 + 2 * i);
   OwnedConv logits(K, Cm, 1, 820);
   Tensor up_w = random_tensor({Cm, Cm, 2, 2}, 830, -0.5f, 0.5f), up_b = random_tensor({Cm}, 831, -0.5f, 0.5f);
-  std::vector<float> packed = heads::pack_deconv2x2(up_w.f32(), Cm, Cm);
   heads::MaskHeadW w;
   for (auto& c : convs) w.convs.push_back(c.c);
-  w.up_packed = packed.data();
+  w.up_packed = heads::pack_deconv2x2(up_w.f32(), Cm, Cm);
   w.up_b = up_b.f32();
   w.up_cout = Cm;
   w.logits = logits.c;
@@ -348,7 +352,7 @@ TEST(DetectionHeads, MaskHeadMatchesNaive) {
   Tensor labels = Tensor::empty({n}, DType::I64);
   const int64_t lab[3] = {2, 0, 3};
   std::copy(lab, lab + 3, labels.data<int64_t>());
-  Tensor probs = heads::mask_head_probs(feats, w, labels);
+  Tensor probs = heads::mask_head_probs(kCtx, feats, w, labels);
   Tensor ref = heads::ref::mask_head_logits(feats, w, up_w.f32());  // (n, K, 2r, 2r)
   ASSERT_EQ(probs.shape(), (Shape{n, 2 * r, 2 * r}));
   for (int64_t i = 0; i < n; ++i)
@@ -357,7 +361,7 @@ TEST(DetectionHeads, MaskHeadMatchesNaive) {
       ASSERT_NEAR(probs.f32()[i * 4 * r * r + p], want, 1e-5) << i << " " << p;
     }
   labels.data<int64_t>()[1] = K;
-  EXPECT_THROW(heads::mask_head_probs(feats, w, labels), Error);
+  EXPECT_THROW(heads::mask_head_probs(kCtx, feats, w, labels), Error);
 }
 
 TEST(DetectionHeads, WindowedRleMatchesRleEncode) {

@@ -18,6 +18,8 @@ namespace det = mambacv::det;
 
 namespace {
 
+const ExecContext kCtx = ExecContext::cpu();
+
 std::vector<int64_t> to_vec(const Tensor& idx) {
   const int64_t* p = idx.data<int64_t>();
   return std::vector<int64_t>(p, p + idx.numel());
@@ -237,7 +239,7 @@ TEST(DetRoiAlign, ConstantAndLinearMaps) {
   // roi inside the map's interior at stride 4 (spatial_scale 0.25): feature coords [2.5, 10.5] x [1.25, 9.25]
   const Tensor rois = boxes_tensor({{12.0f, 7.0f, 44.0f, 39.0f}});
   for (int sr : {0, 2}) {
-    const Tensor out = det::roi_align(feat, rois, 0.25f, 4, 4, sr);
+    const Tensor out = det::roi_align(kCtx, feat, rois, 0.25f, 4, 4, sr);
     ASSERT_EQ(out.shape(), (Shape{1, C, 4, 4}));
     const float sx = 12.0f * 0.25f - 0.5f, sy = 7.0f * 0.25f - 0.5f, bin = 8.0f / 4;
     for (int ph = 0; ph < 4; ++ph)
@@ -249,11 +251,12 @@ TEST(DetRoiAlign, ConstantAndLinearMaps) {
       }
   }
   // a roi far outside the map pools zeros; a 1-channel (1, C, H, W) input is accepted
-  const Tensor out = det::roi_align(feat.reshape({1, C, H, W}), boxes_tensor({{-200, -200, -100, -100}}), 0.25f, 2, 2);
+  const Tensor out =
+      det::roi_align(kCtx, feat.reshape({1, C, H, W}), boxes_tensor({{-200, -200, -100, -100}}), 0.25f, 2, 2);
   for (int64_t i = 0; i < out.numel(); ++i) EXPECT_EQ(out.f32()[i], 0.0f);
-  EXPECT_THROW(det::roi_align(feat, rois, 0.25f, 0, 7), Error);
-  EXPECT_THROW(det::roi_align(feat, rois, 0.25f, 7, 7, -1), Error);
-  EXPECT_THROW(det::roi_align(feat.reshape({2, 1, H, W}), rois, 0.25f, 7, 7), Error);
+  EXPECT_THROW(det::roi_align(kCtx, feat, rois, 0.25f, 0, 7), Error);
+  EXPECT_THROW(det::roi_align(kCtx, feat, rois, 0.25f, 7, 7, -1), Error);
+  EXPECT_THROW(det::roi_align(kCtx, feat.reshape({2, 1, H, W}), rois, 0.25f, 7, 7), Error);
 }
 
 TEST(DetRoiAlign, BorderRule) {
@@ -261,7 +264,7 @@ TEST(DetRoiAlign, BorderRule) {
   const Tensor feat = Tensor::from_vector({1, 2, 3, 4}, {1, 2, 2});
   auto at = [&](float x, float y) {  // roi of size 1 centred at (x, y) in feature coords (+0.5 undoes aligned)
     const Tensor r = boxes_tensor({{x, y, x + 0.0f, y + 0.0f}});
-    return det::roi_align(feat, r, 1.0f, 1, 1, 1).f32()[0];
+    return det::roi_align(kCtx, feat, r, 1.0f, 1, 1, 1).f32()[0];
   };
   // roi of zero size: the single sample sits at (x - 0.5, y - 0.5)
   EXPECT_NEAR(at(1.0f, 1.0f), 2.5f, 1e-6f);   // (0.5, 0.5): mean of the four
@@ -284,7 +287,7 @@ TEST(DetRoiAlign, FastMatchesReference) {
     for (int sr : {0, 1, 2}) {
       for (auto [oh, ow] : {std::pair<int64_t, int64_t>{7, 7}, {3, 5}, {1, 1}}) {
         for (bool aligned : {true, false}) {
-          const Tensor fast = det::roi_align(feat, rois, 0.25f, oh, ow, sr, aligned);
+          const Tensor fast = det::roi_align(kCtx, feat, rois, 0.25f, oh, ow, sr, aligned);
           const Tensor ref = det::ref::roi_align(feat, rois, 0.25f, oh, ow, sr, aligned);
           ASSERT_EQ(fast.shape(), (Shape{40, C, oh, ow}));
           // the fast path sums in another order (separable weights): equal to rounding
@@ -315,7 +318,7 @@ TEST(DetRoiAlign, LevelsAndMultiLevel) {
   std::vector<Tensor> feats;
   for (int l = 0; l < 4; ++l) feats.push_back(test::random_tensor({5, 64 >> l, 48 >> l}, 60 + l));
   const Tensor r2 = random_boxes(30, 70, -10.0f, 200.0f, 4.0f, 300.0f);
-  const Tensor out = det::multilevel_roi_align(feats, strides, r2, 7, 7);
+  const Tensor out = det::multilevel_roi_align(kCtx, feats, strides, r2, 7, 7);
   ASSERT_EQ(out.shape(), (Shape{30, 5, 7, 7}));
   const std::vector<int64_t> lv = to_vec(det::map_roi_levels(r2));
   for (int64_t i = 0; i < 30; ++i) {
@@ -323,7 +326,7 @@ TEST(DetRoiAlign, LevelsAndMultiLevel) {
     const Tensor got = out.slice0(i, i + 1);
     EXPECT_LE(compare(got, one).max_abs, 2e-6) << "roi " << i << " level " << lv[i];
   }
-  EXPECT_THROW(det::multilevel_roi_align(feats, {4, 8}, r2, 7, 7), Error);
+  EXPECT_THROW(det::multilevel_roi_align(kCtx, feats, {4, 8}, r2, 7, 7), Error);
 }
 
 // ---- mask pasting -------------------------------------------------------------------------------------------------

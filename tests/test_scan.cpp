@@ -21,6 +21,9 @@ using namespace mambacv;
 
 namespace {
 
+// Every fast call runs on all cores OpenMP offers.
+const ExecContext kCtx = ExecContext::cpu();
+
 // A host buffer of a compute dtype, filled from floats (values are rounded to the dtype).
 struct Buf {
   DType t = DType::F32;
@@ -228,7 +231,7 @@ void check_case(const Case& c) {
   ScanParams pref = pr.params(out_ref, ls_ref);
   ScanParams pfast = pr.params(out_fast, ls_fast);
   selective_scan_ref(pref);
-  selective_scan(pfast);
+  selective_scan(kCtx, pfast);
   const Err e = compare_vec(out_fast, out_ref);
   if (c.dir_round == DType::F32) {
     g_worst_rel_l2 = std::max(g_worst_rel_l2, e.rel_l2);
@@ -335,7 +338,7 @@ TEST(SelectiveScan, DirRoundRoundsEachDirection) {
       std::vector<float> out;
       std::vector<std::vector<float>> ls;
       ScanParams p = pr.params(out, ls);
-      impl ? selective_scan(p) : selective_scan_ref(p);
+      impl ? selective_scan(kCtx, p) : selective_scan_ref(p);
       for (float v : out) {
         const float back = r == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
         ASSERT_EQ(back, v) << (impl ? "fast" : "reference") << " " << dtype_name(r);
@@ -363,7 +366,7 @@ TEST(SelectiveScan, ReferenceSmallByHand) {
   const float h2 = std::exp(-0.25f) * h1 + 0.25f * -1.0f * 2.0f;
   for (int impl = 0; impl < 2; ++impl) {
     out[0] = out[1] = 0, last = 0;
-    impl ? selective_scan(p) : selective_scan_ref(p);
+    impl ? selective_scan(kCtx, p) : selective_scan_ref(p);
     EXPECT_NEAR(out[0], 1.0f * h1 + 0.5f * 1.0f, 1e-6);
     EXPECT_NEAR(out[1], 3.0f * h2 + 0.5f * 2.0f, 1e-6);
     EXPECT_NEAR(last, h2, 1e-6);
@@ -382,7 +385,7 @@ TEST(SelectiveScan, ValidationErrors) {
     ScanParams p = good;
     mutate(p);
     try {
-      selective_scan(p);
+      selective_scan(kCtx, p);
       ADD_FAILURE() << "no error for " << what;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
@@ -450,8 +453,8 @@ std::pair<double, double> run_fixture(const std::string& name, void (*scan)(cons
 
 TEST(SelectiveScan, GoldenFixtures) {
   for (const char* name : {"scan_d16_long", "scan_d16_z", "scan_d1_grouped"}) {
-    const auto ref = run_fixture(name, selective_scan_ref);
-    const auto fast = run_fixture(name, selective_scan);
+    const auto ref = run_fixture(name, [](const ScanParams& p) { selective_scan_ref(p); });
+    const auto fast = run_fixture(name, [](const ScanParams& p) { selective_scan(kCtx, p); });
     std::printf("%-16s reference: out %.3g last_state %.3g | fast: out %.3g last_state %.3g (relative L2)\n", name,
                 ref.first, ref.second, fast.first, fast.second);
     EXPECT_LE(ref.first, 1e-5) << name;

@@ -22,14 +22,16 @@ struct Case {
   bool conv_bias;
 };
 
-// Random SS2D weights with upstream-like scales; the tensors are owned by `store`.
-ssm::SS2DWeights random_weights(const Case& c, uint64_t seed, std::vector<Tensor>& store) {
+const ExecContext kCtx = ExecContext::cpu();
+
+// Random SS2D checkpoint tensors with upstream-like scales; the tensors are owned by `store`.
+ssm::SS2DParams random_params(const Case& c, uint64_t seed, std::vector<Tensor>& store) {
   const int64_t K = 4, R = (c.C + 15) / 16, P = R + 2 * c.N;
   auto rnd = [&](const Shape& s, float bound) {
     store.push_back(test::random_tensor(s, seed++, -bound, bound));
     return store.back().f32();
   };
-  ssm::SS2DWeights w;
+  ssm::SS2DParams w;
   w.d_model = c.C;
   w.d_inner = c.Dd;
   w.d_state = c.N;
@@ -59,14 +61,13 @@ ssm::SS2DWeights random_weights(const Case& c, uint64_t seed, std::vector<Tensor
   Tensor noise = test::random_tensor({K * c.Dd, c.N}, seed++, -0.2f, 0.2f);
   for (int64_t i = 0; i < K * c.Dd * c.N; ++i)
     store.back().f32()[i] = std::log(float(i % c.N + 1)) + noise.f32()[i];
-  const float* A_logs = store.back().f32();
+  w.A_logs = store.back().f32();
   store.push_back(test::random_tensor({K * c.Dd}, seed++, -0.3f, 0.3f));
   w.Ds = store.back().f32();
   store.push_back(test::random_tensor({c.Dd}, seed++, 0.5f, 1.5f));
   w.out_norm_w = store.back().f32();
   w.out_norm_b = rnd({c.Dd}, 0.2f);
   w.out_proj = rnd({c.C, c.Dd}, 1.0f / std::sqrt(float(c.Dd)));
-  ssm::ss2d_prepare(w, A_logs);
   return w;
 }
 
@@ -74,33 +75,33 @@ void check_case(const Case& c, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << "B " << c.B << " HxW " << c.H << "x" << c.W << " C " << c.C << " Dd " << c.Dd
                                   << " N " << c.N << " z " << c.z << " conv " << c.d_conv << " bias " << c.conv_bias);
   std::vector<Tensor> store;
-  ssm::SS2DWeights w = random_weights(c, seed, store);
+  const ssm::SS2DParams params = random_params(c, seed, store);
+  const ssm::SS2DWeights w = ssm::ss2d_prepare(params);
   Tensor x = test::random_tensor({c.B, c.H, c.W, c.C}, seed + 100, -1.5f, 1.5f);
   Tensor ref = Tensor::empty({c.B, c.H, c.W, c.C});
-  ssm::ss2d_forward_ref(x.f32(), c.B, c.H, c.W, w, ref.f32());
+  ssm::ss2d_forward_ref(x.f32(), c.B, c.H, c.W, params, ref.f32());
   const auto o = detail::cross_scan_orders(c.H, c.W);
   const ssm::SS2DOrders ord = {o[0].data(), o[1].data(), o[2].data(), o[3].data()};
   for (Core core : {Core::V0, Core::V1}) {
     detail::Policy pol;
     pol.core = core;
-    Tensor got = Tensor::empty({c.B, c.H, c.W, c.C});
-    ssm::ss2d_forward(x.f32(), c.B, c.H, c.W, w, ord, pol, got.f32());
+    Tensor got = ssm::ss2d_forward(kCtx, x, w, ord, pol);
+    ASSERT_EQ(got.shape(), x.shape());
     Compare cmp = compare(got, ref);
     EXPECT_TRUE(cmp.finite);
     if (std::getenv("MAMBACV_TEST_VERBOSE")) std::printf("core %s rel_l2 %.3g\n", core_name(core), cmp.rel_l2);
     EXPECT_LE(cmp.rel_l2, 2e-6) << "core " << core_name(core) << " max_abs " << cmp.max_abs;
-    // accumulate: out += SS2D(x)
+    // accumulate: residual += SS2D(x)
     Tensor acc = test::random_tensor({c.B, c.H, c.W, c.C}, seed + 7);
     Tensor expect = acc.clone();
     for (int64_t i = 0; i < expect.numel(); ++i) expect.f32()[i] += got.f32()[i];
-    ssm::ss2d_forward(x.f32(), c.B, c.H, c.W, w, ord, pol, acc.f32(), /*accumulate=*/true);
+    ssm::ss2d_forward(kCtx, x, w, ord, pol, &acc);
     EXPECT_LE(compare(acc, expect).rel_l2, 1e-6);
   }
   // the comparison is sensitive to the direction orders: swapping two directions' orders is caught
   if (c.H > 1 && c.W > 1) {
     const ssm::SS2DOrders wrong = {o[0].data(), o[3].data(), o[2].data(), o[1].data()};
-    Tensor bad = Tensor::empty({c.B, c.H, c.W, c.C});
-    ssm::ss2d_forward(x.f32(), c.B, c.H, c.W, w, wrong, detail::Policy{}, bad.f32());
+    Tensor bad = ssm::ss2d_forward(kCtx, x, w, wrong, detail::Policy{});
     const double wrong_err = compare(bad, ref).rel_l2;
     EXPECT_GT(wrong_err, 1e-2);
     if (std::getenv("MAMBACV_TEST_VERBOSE")) std::printf("wrong-order error %.3g\n", wrong_err);

@@ -1,4 +1,5 @@
 // The public Model: config + weights -> a bound Network, and the entry points of the API.
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -37,12 +38,14 @@ class StatSink final : public TraceSink {
   bool wants_time() const override { return timed_; }
   void record(const char* op, double seconds, double flops, double bytes) override {
     total_flops += flops;
+    const int team = take_team();
     for (OpStat& s : stats)
       if (s.stage == stage() && s.op == op) {
         ++s.calls, s.seconds += seconds, s.flops += flops, s.bytes += bytes;
+        s.threads = std::max(s.threads, team);
         return;
       }
-    stats.push_back({stage(), op, 1, seconds, flops, bytes});
+    stats.push_back({stage(), op, 1, seconds, flops, bytes, team});
   }
   std::vector<OpStat> stats;
   double total_flops = 0;

@@ -42,6 +42,7 @@ struct OpStat {
   std::string stage, op;
   int64_t calls = 0;
   double seconds = 0, flops = 0, bytes = 0;
+  int threads = 1;  // the largest thread team the op ran with (at most Options::threads)
 };
 
 // A model config file: {"arch": "vim" | "vmamba" | "vmamba_backbone" | ..., "config": {upstream kwargs}}.
