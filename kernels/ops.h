@@ -62,10 +62,10 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
 // Names the backend cpu_isa() selects: "mambacv-avx512 (14x32)", "mambacv-avx2 (6x16)" or "eigen".
 const char* gemm_backend();
 
-// delta (R2, G * D) = per group g: x[:, g*P : g*P + R] (R2 x R) @ Wt[g] (R x D), Wt (G, R, D) - the dt_proj of the
-// Mamba mixers (R = dt_rank is tiny, so this is one pass over the rows vectorised across D rather than G GEMMs).
-// x (rows, G*P) with P >= R.
-void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t groups, int64_t P, int64_t R, const Tensor& Wt,
+// The dt_proj of the Mamba mixers: delta (rows, G * D)[:, g*D : (g+1)*D] = x[:, g*P : g*P + R] @ W[g]^T for each of
+// the G groups (directions), W[g] (D, R) packed; x (rows, G*P) with P >= R (the [dt | B | C] rows of x_proj).
+// One GEMM per group on the strided column block, written into its block of delta.
+void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std::vector<PackedWeight>& W,
                    Tensor& delta);
 
 // ---- convolutions -------------------------------------------------------------------------------------------------

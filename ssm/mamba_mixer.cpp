@@ -15,10 +15,7 @@ std::vector<int32_t> reversed_order(int64_t L) {
 void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w) {
   d.A = Tensor::empty(A_log.shape());
   for (int64_t j = 0; j < A_log.numel(); ++j) d.A.f32()[j] = -std::exp(A_log.f32()[j]);
-  const int64_t E = dt_proj_w.dim(0), R = dt_proj_w.dim(1);
-  d.dt_proj_t = Tensor::empty({1, R, E});
-  for (int64_t c = 0; c < E; ++c)
-    for (int64_t r = 0; r < R; ++r) d.dt_proj_t.f32()[r * E + c] = dt_proj_w.f32()[c * R + r];
+  d.dt_proj = {ops::pack_linear(dt_proj_w)};
 }
 
 Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMambaWeights& w,
@@ -42,7 +39,7 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
     xdbl[k] = ctx.empty({B, T, P});
     ops::linear(ctx, u[k], dw[k]->x_proj, xdbl[k]);
     delta[k] = ctx.empty({B, T, E});
-    ops::dt_projection(ctx, xdbl[k], 1, P, R, dw[k]->dt_proj_t, delta[k]);
+    ops::dt_projection(ctx, xdbl[k], P, dw[k]->dt_proj, delta[k]);
   }
 
   // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; scan inputs and the gate in the policy's dtype

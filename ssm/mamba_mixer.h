@@ -18,7 +18,7 @@ namespace mambacv::ssm {
 struct MambaDirectionWeights {
   ops::DepthwiseWeight conv;  // conv1d (E, 1, K) + bias (E)
   ops::PackedWeight x_proj;   // (R + 2N, E)
-  Tensor dt_proj_t;           // (1, R, E): dt_proj.weight (E, R) transposed, for ops::dt_projection
+  std::vector<ops::PackedWeight> dt_proj;  // one (E, R): dt_proj.weight, for ops::dt_projection
   Tensor dt_proj_b;           // (E)
   Tensor A;                   // (E, N) = -exp(A_log), precomputed at bind time
   Tensor D;                   // (E)

@@ -53,10 +53,8 @@ SS2DWeights ss2d_prepare(const SS2DParams& p) {
   w.D_sum = Tensor::zeros({Dd});
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += p.Ds[k * Dd + c];
-  w.dt_proj_t = Tensor::empty({K, R, Dd});
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < Dd; ++c)
-      for (int64_t r = 0; r < R; ++r) w.dt_proj_t.f32()[(k * R + r) * Dd + c] = p.dt_proj_w[(k * Dd + c) * R + r];
+    w.dt_proj.push_back(ops::pack_weight(p.dt_proj_w + k * Dd * R, R, /*trans_b=*/true, Dd, R));
   w.dt_proj_b = Tensor::empty({K * Dd});
   std::copy(p.dt_proj_b, p.dt_proj_b + K * Dd, w.dt_proj_b.f32());
   w.out_norm_w = Tensor::empty({Dd});
@@ -81,7 +79,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   MAMBACV_CHECK(x.defined() && x.ndim() == 4 && x.dim(3) == C && x.dim(0) >= 1 && x.dim(1) >= 1 && x.dim(2) >= 1,
                 "ss2d: expected x (B, H, W, " << C << "), got " << (x.defined() ? x.str() : "an empty tensor"));
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2);
-  const int64_t L = H * W, BL = B * L, P = R + 2 * N;
+  const int64_t L = H * W, P = R + 2 * N;
   MAMBACV_CHECK(!residual || (residual->shape() == x.shape() && !residual->shares_storage_with(x)),
                 "ss2d: the residual must be a separate " << x.str());
 
@@ -111,7 +109,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   ops::linear(ctx, u, w.x_proj, xdbl);
   // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
   Tensor delta = ctx.empty({B, L, K * Dd});
-  ops::dt_projection(ctx, xdbl, K, P, R, w.dt_proj_t, delta);
+  ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
 
   // scan inputs in the policy's dtype (core v0: fp32; core v1: the compute dtype)
   const DType in_t = policy.scan_input_dtype();

@@ -21,6 +21,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/context.h"
 #include "kernels/ops.h"
@@ -74,7 +75,7 @@ struct SS2DWeights {
   ops::PackedWeight in_x, in_z;   // in_proj rows [0, Dd) and [Dd, 2Dd)
   ops::DepthwiseWeight conv;      // when d_conv > 1
   ops::PackedWeight x_proj;       // (K*(R+2N), Dd)
-  Tensor dt_proj_t;               // (K, R, Dd) = dt_proj_w transposed per direction
+  std::vector<ops::PackedWeight> dt_proj;  // K of (Dd, R)
   Tensor dt_proj_b;               // (K*Dd)
   Tensor A;                       // (K*Dd, N) = -exp(A_logs)
   Tensor D_sum;                   // (Dd) = sum_k Ds[k*Dd + c]

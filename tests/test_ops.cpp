@@ -621,12 +621,10 @@ TEST(Ops, DtProjectionMatchesReference) {
         for (int64_t D : {1, 17, 96}) {
           const int64_t P = R + 2 * 3;
           Tensor x = rnd({rows, G * P}), w = rnd({G, D, R});  // PyTorch dt_proj layout (G, D, R)
-          Tensor wt = Tensor::empty({G, R, D});
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t d = 0; d < D; ++d)
-              for (int64_t r = 0; r < R; ++r) wt.f32()[(g * R + r) * D + d] = w.f32()[(g * D + d) * R + r];
+          std::vector<ops::PackedWeight> wp;
+          for (int64_t g = 0; g < G; ++g) wp.push_back(ops::pack_weight(w.f32() + g * D * R, R, true, D, R));
           Tensor y = Tensor::empty({rows, G * D}), yr = Tensor::empty({rows, G * D});
-          ops::dt_projection(kCtx, x, G, P, R, wt, y);
+          ops::dt_projection(kCtx, x, P, wp, y);
           ops::ref::dt_projection(x.f32(), rows, G, P, R, w.f32(), D, yr.f32());
           EXPECT_LE(rel_l2(y, yr), kTol) << rows << " " << G << " " << R << " " << D;
         }

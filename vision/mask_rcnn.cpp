@@ -373,7 +373,7 @@ class MaskRcnnNetwork final : public Network {
     return out;
   }
 
-  void bind(const TensorMap& w) override {
+  void bind(TensorMap w) override {
     TensorMap bb;
     for (const auto& [n, t] : w) {
       if (starts_with(n, "backbone."))
@@ -382,7 +382,7 @@ class MaskRcnnNetwork final : public Network {
         w_[n] = t;
     }
     // the heads keep raw pointers into w_ (their references read them) beside the prepared forms
-    backbone_->bind(bb);
+    backbone_->bind(std::move(bb));
     const MaskRcnnConfig& c = cfg_;
     auto conv = [&](const std::string& n, int k) {
       const Tensor& t = w_.at(n + ".weight");

@@ -131,7 +131,7 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
     }
     w[p.name] = t;
   }
-  net->bind(w);
+  net->bind(std::move(w));
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
 

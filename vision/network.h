@@ -43,7 +43,8 @@ class Network {
   virtual TensorMap canonicalize(const TensorMap& w) const { return w; }
   // Takes the (already matched) weights, converted to f32 on the host, and prepares them once for the backend
   // (packed GEMM operands, transposed depthwise taps, -exp(A_log), ...). Called once, before any forward.
-  virtual void bind(const TensorMap& weights) = 0;
+  // Takes ownership of the map: weights are dropped from it as they are prepared, so a model is not held twice.
+  virtual void bind(TensorMap weights) = 0;
   virtual int input_size() const = 0;
   virtual int num_classes() const = 0;
   // Named outputs (see Model::forward_all for the names). Safe to call from several threads at once.
@@ -84,7 +85,7 @@ class ShapeCache {
 class WeightTable {
  public:
   WeightTable() = default;
-  WeightTable(std::string owner, TensorMap w) : owner_(std::move(owner)), w_(std::move(w)) {}
+  WeightTable(std::string owner, TensorMap&& w) : owner_(std::move(owner)), w_(std::move(w)) {}
   const Tensor& at(const std::string& n) const {
     auto it = w_.find(n);
     MAMBACV_CHECK(it != w_.end(), owner_ << ": weight " << n << " was not bound");

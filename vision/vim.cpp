@@ -92,8 +92,8 @@ class VimNetwork final : public Network {
     return s;
   }
 
-  void bind(const TensorMap& weights) override {
-    WeightTable w("vim", weights);
+  void bind(TensorMap weights) override {
+    WeightTable w("vim", std::move(weights));
     const int64_t D = cfg_.embed_dim, E = cfg_.expand * D;
     const int P = static_cast<int>(cfg_.patch_size), S = static_cast<int>(cfg_.stride);
     patch_embed_ = w.conv("patch_embed.proj.weight", "patch_embed.proj.bias", S, S, 0, 0);

@@ -311,8 +311,8 @@ class VMambaNetwork final : public Network {
     return out;
   }
 
-  void bind(const TensorMap& weights) override {
-    WeightTable w(arch_, weights);
+  void bind(TensorMap weights) override {
+    WeightTable w(arch_, std::move(weights));
     const VMambaConfig& c = cfg_;
     const int P = static_cast<int>(c.patch_size);
     auto conv_ln = [&](const std::string& conv, const std::string& norm, int s, int pad) {

@@ -304,7 +304,7 @@ void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeigh
   const float* wtp = w.taps.f32();  // (K, C)
   const float* bias = w.bias.defined() ? w.bias.f32() : nullptr;
   float* yd = y.f32();
-  parallel_for(ctx, B * L, static_cast<double>(B * L * C * K), [&](int64_t i0, int64_t i1) {
+  auto body = [=](int64_t i0, int64_t i1) {
     for (int64_t bt = i0; bt < i1; ++bt) {
       const int64_t b = bt / L, t = bt % L;
       float* __restrict yp = yd + bt * C;
@@ -325,7 +325,10 @@ void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeigh
         for (int64_t c = 0; c < C; ++c) yp[c] = detail::silu_f(yp[c]);
       }
     }
-  });
+  };
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  parallel_for(ctx, B * L, static_cast<double>(B * L * C * K),
+               [&](int64_t i0, int64_t i1) { detail::run_simd(avx512, body, i0, i1); });
 }
 
 }  // namespace mambacv::ops

@@ -52,28 +52,16 @@ namespace {
 // Elementwise loops are memory bound: parallel only when large (a team wake-up costs a few microseconds).
 constexpr double kElemWork = 4.0;  // weight of one element against kParallelMinWork
 
-// The same loop compiled for AVX-512 (16 lanes; f is inlined into it) and for the baseline, chosen by cpu_isa().
-template <class F>
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,prefer-vector-width=512"))) void map_range_avx512(float* x, int64_t b,
-                                                                                                  int64_t e, F f) {
-#pragma omp simd
-  for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
-}
-template <class F>
-void map_range(float* x, int64_t b, int64_t e, F f) {
-#pragma omp simd
-  for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
-}
-
+// x[i] = f(x[i]), the loop compiled for AVX-512 or the baseline as cpu_isa() selects (detail::run_simd)
 template <class F>
 void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, F f) {
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
-  parallel_for(ctx, n, static_cast<double>(n) * per_elem, [&](int64_t b, int64_t e) {
-    if (avx512)
-      map_range_avx512(x, b, e, f);
-    else
-      map_range(x, b, e, f);
-  });
+  auto body = [x, f](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
+  };
+  parallel_for(ctx, n, static_cast<double>(n) * per_elem,
+               [&](int64_t b, int64_t e) { detail::run_simd(avx512, body, b, e); });
 }
 }  // namespace
 
@@ -104,10 +92,13 @@ void binary_inplace(const ExecContext& ctx, const char* op, Tensor& y, const Ten
   OpTrace trace(ctx, op, static_cast<double>(n), 12.0 * static_cast<double>(n));
   float* yd = y.f32();
   const float* xd = x.f32();
-  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) {
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  auto body = [yd, xd, f](int64_t b, int64_t e) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) yd[i] = f(yd[i], xd[i]);
-  });
+  };
+  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4,
+               [&](int64_t b, int64_t e) { detail::run_simd(avx512, body, b, e); });
 }
 }  // namespace
 
@@ -328,38 +319,20 @@ Tensor subsample2(const ExecContext& ctx, const Tensor& x) {
   return q;
 }
 
-void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t G, int64_t P, int64_t R, const Tensor& Wt,
+void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std::vector<PackedWeight>& W,
                    Tensor& delta) {
-  MAMBACV_CHECK(G >= 1 && R >= 1 && P >= R && x.defined() && x.ndim() >= 1 && x.dim(-1) == G * P,
+  const int64_t G = static_cast<int64_t>(W.size());
+  MAMBACV_CHECK(G >= 1 && x.defined() && x.ndim() >= 1 && x.dim(-1) == G * P,
                 "dt_projection: x must end in " << G << " x " << P << " columns, got " << (x.defined() ? x.str() : "none"));
-  MAMBACV_CHECK(Wt.defined() && Wt.ndim() == 3 && Wt.dim(0) == G && Wt.dim(1) == R,
-                "dt_projection: weight must be (" << G << ", " << R << ", D), got " << (Wt.defined() ? Wt.str() : "none"));
-  const int64_t D = Wt.dim(2), rows = x.numel() / (G * P);
+  const int64_t R = W[0].K, D = W[0].N, rows = x.numel() / (G * P);
+  for (const PackedWeight& w : W)
+    MAMBACV_CHECK(w.K == R && w.N == D && R <= P, "dt_projection: every group's weight must be (" << D << ", " << R
+                                                                                                   << ") with R <= " << P);
   MAMBACV_CHECK(delta.defined() && delta.numel() == rows * G * D,
                 "dt_projection: delta must be (" << rows << ", " << G * D << "), got " << delta.str());
-  require_f32("dt_projection", {{"x", &x}, {"weight", &Wt}, {"delta", &delta}});
-  OpTrace trace(ctx, "dt_projection", 2.0 * static_cast<double>(rows * G * D * R),
-                4.0 * static_cast<double>(rows * G * (P + D)));
-  const float* xd = x.f32();
-  const float* wt = Wt.f32();
-  float* dl = delta.f32();
-  parallel_for(ctx, rows, static_cast<double>(rows * G * D * R), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      for (int64_t k = 0; k < G; ++k) {
-        const float* a = xd + t * G * P + k * P;  // dt_k of row t (R)
-        const float* wk = wt + k * R * D;
-        float* __restrict d = dl + t * G * D + k * D;
-        const float a0 = a[0];
-#pragma omp simd
-        for (int64_t c = 0; c < D; ++c) d[c] = a0 * wk[c];
-        for (int64_t r = 1; r < R; ++r) {
-          const float ar = a[r];
-          const float* __restrict wr = wk + r * D;
-#pragma omp simd
-          for (int64_t c = 0; c < D; ++c) d[c] += ar * wr[c];
-        }
-      }
-  });
+  require_f32("dt_projection", {{"x", &x}, {"delta", &delta}});
+  for (int64_t g = 0; g < G; ++g)
+    gemm(ctx, rows, x.f32() + g * P, G * P, W[static_cast<size_t>(g)], delta.f32() + g * D, G * D);
 }
 
 // ---- bicubic resize ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ namespace {
 void layer_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t C, const float* gamma,
                     const float* beta, float eps, float* y) {
   const float inv_c = 1.0f / static_cast<float>(C);
-  parallel_for(ctx, rows, static_cast<double>(rows * C), [&](int64_t r0, int64_t r1) {
+  auto body = [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
@@ -43,13 +43,16 @@ void layer_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_
         for (int64_t c = 0; c < C; ++c) yr[c] = ((xr[c] - mean) - corr) * rstd * gamma[c];
       }
     }
-  });
+  };
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  parallel_for(ctx, rows, static_cast<double>(rows * C),
+               [&](int64_t r0, int64_t r1) { detail::run_simd(avx512, body, r0, r1); });
 }
 
 void rms_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t C, const float* gamma, float eps,
                   float* y) {
   const float inv_c = 1.0f / static_cast<float>(C);
-  parallel_for(ctx, rows, static_cast<double>(rows * C), [&](int64_t r0, int64_t r1) {
+  auto body = [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
@@ -60,7 +63,10 @@ void rms_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t 
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * rstd * gamma[c];
     }
-  });
+  };
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  parallel_for(ctx, rows, static_cast<double>(rows * C),
+               [&](int64_t r0, int64_t r1) { detail::run_simd(avx512, body, r0, r1); });
 }
 
 // rows of x over its last dim, with gamma (and beta) of that width, y of x's shape
