@@ -1,4 +1,6 @@
-// The subcommands of the mambacv command line.
+// The subcommands of the mambacv command line. They use the public API (mambacv/*.h) and, for the machine
+// report of bench / info only, the declared internal headers kernels/cpu_info.h, kernels/ops.h and
+// kernels/context.h (CPU features, the GEMM backend, the FMA-peak and GEMM measurements).
 #pragma once
 
 #include <functional>

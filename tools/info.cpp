@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <map>
 
+#include "kernels/cpu_info.h"
+#include "kernels/ops.h"
 #include "tools/args.h"
 #include "tools/commands.h"
 
@@ -29,6 +31,9 @@ int cmd_info(const std::vector<std::string>& argv) {
   const int size = args.get_int("size", model.input_size());
   MAMBACV_CHECK(size >= 16, "--size: expected at least 16 pixels, got " << size);
 
+  std::printf("cpu         %s (%s)\n", cpu::cpu_name().c_str(), cpu::feature_string().c_str());
+  std::printf("kernels     gemm %s, selective scan %s, depthwise conv %s; threads %d\n", ops::gemm_backend(),
+              cpu::isa_name(cpu::cpu_isa()), cpu::isa_name(cpu::cpu_isa()), resolve_threads(opt.threads));
   std::printf("model       %s (%s)\n", cfg.name.c_str(), cfg.path.c_str());
   std::printf("arch        %s\n", cfg.arch.c_str());
   std::printf("parameters  %lld (%.2fM)\n", static_cast<long long>(model.num_parameters()),

@@ -146,7 +146,8 @@ DetectionResult Detector::detect(const Image& image, const DetectOptions& opt) c
   detail::DetectionCall req = make_request(opt);
   req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
   model_.run(in.input, {"*"}, &req);
-  DetectionResult r = to_result(req.out.at(0), req);
+  MAMBACV_CHECK(req.out.size() == 1, "detect: the network returned " << req.out.size() << " results for one image");
+  DetectionResult r = to_result(req.out[0], req);
   r.timings.preprocess_ms = t1 - t0;
   r.timings.total_ms = now_ms() - t0;
   return r;
