@@ -95,10 +95,12 @@ DepthwiseWeight prepare_depthwise(const Tensor& w, const Tensor& bias);
 // Depthwise 2D convolution, stride 1, zero padding (ph, pw): x (B, H, W, C) -> y (B, Ho, Wo, C); silu optional.
 void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, int ph, int pw, bool silu,
                       Tensor& y);
-// Depthwise 1D convolution over tokens: x (B, L, C), w prepared from (C, 1, K) (kh = 1, kw = K):
+// Depthwise 1D convolution over tokens: x (B, L, Cx) with Cx >= C (channels [0, C) are read, so the x half of a
+// wider projection needs no copy), w prepared from (C, 1, K) (kh = 1, kw = K):
 //   causal (reverse=false): y[t] = b + sum_{k<K} w[k] * x[t - (K-1) + k]       (left zero padding K-1)
 //   anti-causal (reverse=true): y[t] = b + sum_{k<K} w[k] * x[t + (K-1) - k]  (the causal conv of the reversed
 //   sequence, read back in original order: Vim's backward branch).  Optional silu. y (B, L, C), not aliasing x.
+// x (B, L, C) when Cx == C.
 void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, bool reverse, bool silu,
                    Tensor& y);
 
@@ -119,8 +121,6 @@ void mul(const ExecContext& ctx, Tensor& y, const Tensor& x);  // y *= x (same n
 // x (B, C, H, W) -> (B, H, W, C) and back (any 3- or 4-D tensor: the middle dims are flattened).
 Tensor nchw_to_nhwc(const ExecContext& ctx, const Tensor& x);
 Tensor nhwc_to_nchw(const ExecContext& ctx, const Tensor& x);
-// columns [c0, c0 + n) of every row of x (rows, C) -> (rows, n)
-Tensor take_columns(const ExecContext& ctx, const Tensor& x, int64_t c0, int64_t n);
 // Vim's token sequence: patches (B, M, D) with `token` (D) inserted at position `at`, plus pos (M + 1, D)
 // -> (B, M + 1, D).
 Tensor insert_token_add(const ExecContext& ctx, const Tensor& patches, const Tensor& token, int64_t at,

@@ -27,15 +27,13 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
   // xz (B, T, 2E) = in_proj(h): x = channels [0, E), z = channels [E, 2E)
   Tensor xz = ctx.empty({B, T, 2 * E});
   ops::linear(ctx, h, w.in_proj, xz);
-  // x (B, T, E): the x half of xz, gathered once and shared by both directions' convs
-  const Tensor x = ops::take_columns(ctx, xz, 0, E);
 
   // per direction: u (B, T, E) = silu(conv(x)), x_dbl (B, T, R+2N) = x_proj(u), delta (B, T, E) = dt_proj.W @ dt
   Tensor u[2], xdbl[2], delta[2];
   const MambaDirectionWeights* dw[2] = {&w.fwd, &w.bwd};
   for (int k = 0; k < 2; ++k) {
     u[k] = ctx.empty({B, T, E});
-    ops::conv1d_tokens(ctx, x, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);
+    ops::conv1d_tokens(ctx, xz, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);  // reads the x half
     xdbl[k] = ctx.empty({B, T, P});
     ops::linear(ctx, u[k], dw[k]->x_proj, xdbl[k]);
     delta[k] = ctx.empty({B, T, E});

@@ -83,6 +83,7 @@ int bench_gemm(int threads, bool json) {
       {3136, 96, 192, "VMamba-T stage 1 out_proj"}, {784, 768, 192, "VMamba-T stage 2 fc1"},
       {196, 1536, 384, "VMamba-T stage 3 fc1"}, {196, 384, 1536, "VMamba-T stage 3 fc2"},
       {49, 3072, 768, "VMamba-T stage 4 fc1"}, {1568, 768, 192, "Vim-T in_proj, batch 8"},
+      {197, 384, 12, "Vim-T dt_proj"}, {3136, 192, 6, "VMamba-T stage 1 dt_proj"},
   };
   const int nt = resolve_threads(threads);
   std::vector<int> counts = {1};

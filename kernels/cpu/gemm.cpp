@@ -213,8 +213,8 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
   if (mchunks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mchunks - 1) / mchunks);
   const int64_t items = mchunks * ngroups;
   // Packing A costs about one pass over it per work item; with few panels to reuse it over, reading A's rows in
-  // place is cheaper.
-  const bool row_a = (npanels + ngroups - 1) / ngroups <= 2;
+  // place is cheaper (measured on the models' shapes: up to 8 panels per item, unless K is tiny).
+  const bool row_a = (npanels + ngroups - 1) / ngroups <= 8 && K >= 32;
   const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
   const int workers = parallel_workers(ctx, items, work);
   Tensor apack;

@@ -290,13 +290,13 @@ void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWe
 
 void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, bool reverse, bool silu,
                    Tensor& y) {
-  MAMBACV_CHECK(x.defined() && x.ndim() == 3 && x.dim(2) == w.C && w.kh == 1,
-                "conv1d_tokens: expected x (B, L, " << w.C << ") and a (C, 1, K) weight, got "
-                                                    << (x.defined() ? x.str() : "an empty tensor"));
-  MAMBACV_CHECK(y.defined() && y.shape() == x.shape() && !y.shares_storage_with(x),
-                "conv1d_tokens: y must be a separate " << x.str() << ", got " << y.str());
+  MAMBACV_CHECK(x.defined() && x.ndim() == 3 && x.dim(2) >= w.C && w.kh == 1,
+                "conv1d_tokens: expected x (B, L, >= " << w.C << ") and a (C, 1, K) weight, got "
+                                                       << (x.defined() ? x.str() : "an empty tensor"));
+  const int64_t B = x.dim(0), L = x.dim(1), C = w.C, Cx = x.dim(2);
+  MAMBACV_CHECK(y.defined() && y.shape() == Shape({B, L, C}) && !y.shares_storage_with(x),
+                "conv1d_tokens: y must be a separate " << shape_str({B, L, C}) << ", got " << y.str());
   require_f32("conv1d_tokens", {{"x", &x}, {"y", &y}});
-  const int64_t B = x.dim(0), L = x.dim(1), C = w.C;
   const int K = w.kw;
   OpTrace trace(ctx, "conv1d_tokens", static_cast<double>(B * L * C) * (2.0 * K + (silu ? 4.0 : 0.0)),
                 8.0 * static_cast<double>(B * L * C));
@@ -315,7 +315,7 @@ void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeigh
       for (int k = 0; k < K; ++k) {
         const int64_t s = reverse ? t + (K - 1) - k : t - (K - 1) + k;
         if (s < 0 || s >= L) continue;
-        const float* __restrict xp = xs + (b * L + s) * C;
+        const float* __restrict xp = xs + (b * L + s) * Cx;
         const float* __restrict wk = wtp + k * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) yp[c] += wk[c] * xp[c];

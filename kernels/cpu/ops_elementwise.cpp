@@ -156,23 +156,6 @@ Tensor transpose_last(const ExecContext& ctx, const char* op, const Tensor& x, b
 Tensor nchw_to_nhwc(const ExecContext& ctx, const Tensor& x) { return transpose_last(ctx, "nchw_to_nhwc", x, true); }
 Tensor nhwc_to_nchw(const ExecContext& ctx, const Tensor& x) { return transpose_last(ctx, "nhwc_to_nchw", x, false); }
 
-Tensor take_columns(const ExecContext& ctx, const Tensor& x, int64_t c0, int64_t n) {
-  MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && c0 >= 0 && n >= 0 && c0 + n <= x.dim(-1),
-                "take_columns: columns [" << c0 << ", " << c0 + n << ") outside " << (x.defined() ? x.str() : "none"));
-  require_f32("take_columns", {{"x", &x}});
-  const int64_t C = x.dim(-1), rows = C > 0 ? x.numel() / C : 0;
-  Shape s = x.shape();
-  s.back() = n;
-  Tensor y = ctx.empty(s);
-  OpTrace trace(ctx, "take_columns", 0.0, 8.0 * static_cast<double>(rows * n));
-  const float* src = x.f32();
-  float* dst = y.f32();
-  parallel_for(ctx, rows, static_cast<double>(rows * n) / 4, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * n, src + r * C + c0, sizeof(float) * n);
-  });
-  return y;
-}
-
 Tensor insert_token_add(const ExecContext& ctx, const Tensor& patches, const Tensor& token, int64_t at,
                         const Tensor& pos) {
   MAMBACV_CHECK(patches.defined() && patches.ndim() == 3, "insert_token_add: patches must be (B, M, D), got "
