@@ -74,25 +74,30 @@ TEST(Context, ModelsWithDifferentThreadBudgetsRunSideBySide) {
   o3.threads = 3;
   Model m1 = Model::load(cfg, w, o1), m3 = Model::load(cfg, w, o3);
   Tensor x = test::random_tensor({4, 3, 32, 32}, 5);
+  const int main_before = omp_get_max_threads();
   const Tensor ref = m3.classify(x);
-  const int before = omp_get_max_threads();
-  std::atomic<int> team1{0}, team3{0};
+  EXPECT_EQ(omp_get_max_threads(), main_before);  // a call leaves the calling thread's OpenMP setting alone
+  std::atomic<int> team1{0}, team3{0}, changed{0};
   std::vector<std::thread> th;
   for (int t = 0; t < 2; ++t) {
     th.emplace_back([&] {
+      const int before = omp_get_max_threads();
       for (int i = 0; i < 3; ++i) team1 = std::max(team1.load(), max_team(m1.profile(x)));
+      changed += omp_get_max_threads() != before;
     });
     th.emplace_back([&] {
+      const int before = omp_get_max_threads();
       for (int i = 0; i < 3; ++i) {
         team3 = std::max(team3.load(), max_team(m3.profile(x)));
         EXPECT_LE(compare(m3.classify(x), ref).rel_l2, 1e-6);
       }
+      changed += omp_get_max_threads() != before;
     });
   }
   for (auto& t : th) t.join();
   EXPECT_EQ(team1.load(), 1);
   EXPECT_EQ(team3.load(), 3);
-  EXPECT_EQ(omp_get_max_threads(), before);  // nothing process-wide was changed
+  EXPECT_EQ(changed.load(), 0) << "a model call changed its thread's OpenMP thread count";
   // a one-thread model gives the same logits (up to summation order)
   EXPECT_LE(compare(m1.classify(x), ref).rel_l2, 1e-5);
 }
@@ -114,16 +119,39 @@ TEST(Context, ProfileAddsUpToTheFlopCount) {
   EXPECT_TRUE(names.count("gemm") && names.count("selective_scan") && names.count("layer_norm"));
 }
 
+// The traced GEMM FLOPs of Vim equal 2 x rows x N x K summed over every product, counted here from the config:
+// per layer in_proj (2E, D), x_proj (R+2N, E) and dt_proj (E, R) for both directions, out_proj (D, E) over the T
+// tokens; the patch embedding over the M patches; the head over the batch.
+TEST(Context, TracedGemmFlopsMatchTheArchitecture) {
+  Model m = Model::load(test::fixture("vim_mini.json"), test::fixture("vim_mini.weights.safetensors"));
+  const int64_t Bn = 2, D = 64, E = 128, N = 16, R = 4, depth = 4, classes = 10, M = 16, T = M + 1, P = 16 * 16 * 3;
+  const double per_layer = 2.0 * T * (2 * E * D + 2 * (R + 2 * N) * E + 2 * E * R + D * E);
+  const double expect = Bn * (depth * per_layer + 2.0 * M * D * P + 2.0 * classes * D);
+  double gemm = 0;
+  for (const OpStat& o : m.profile(test::random_tensor({Bn, 3, 64, 64}, 3)))
+    if (o.op == std::string("gemm")) gemm += o.flops;
+  EXPECT_NEAR(gemm, expect, 1e-9 * expect);
+}
+
 TEST(Context, ModelAllocatorBoundSetInCode) {
+  const std::string cfg = test::fixture("vmamba_v2_mini.json"), w = test::fixture("vmamba_v2_mini.weights.safetensors");
+  const Tensor x = Tensor::zeros({2, 3, 96, 96});
   Options opt;
-  opt.host_cache_mb = 1;  // this model keeps at most 1 MiB idle
-  Model m = Model::load(test::fixture("vmamba_v2_mini.json"), test::fixture("vmamba_v2_mini.weights.safetensors"), opt);
-  for (int i = 0; i < 3; ++i) m.classify(Tensor::zeros({2, 3, 96, 96}));
-  EXPECT_LE(m.cached_bytes(), size_t{1} << 20);
+  opt.host_cache_mb = 64;  // this model's own cache
+  Model own = Model::load(cfg, w, opt);
+  own.classify(x);  // first call: per-shape constants
+  host_cache_release();
+  for (int i = 0; i < 3; ++i) own.classify(x);
+  EXPECT_GT(own.cached_bytes(), 0u) << "the model's temporaries do not come from its allocator";
+  EXPECT_LE(own.cached_bytes(), size_t{64} << 20);
+  EXPECT_EQ(host_cache_idle_bytes(), 0u) << "temporaries went to the process default allocator";
+  opt.host_cache_mb = 1;
+  Model small = Model::load(cfg, w, opt);
+  for (int i = 0; i < 3; ++i) small.classify(x);
+  EXPECT_LE(small.cached_bytes(), size_t{1} << 20);
   opt.host_cache_mb = 0;
-  Model none = Model::load(test::fixture("vmamba_v2_mini.json"), test::fixture("vmamba_v2_mini.weights.safetensors"),
-                           opt);
-  none.classify(Tensor::zeros({2, 3, 96, 96}));
+  Model none = Model::load(cfg, w, opt);
+  none.classify(x);
   EXPECT_EQ(none.cached_bytes(), 0u);
 
   auto a = std::make_shared<HostAllocator>(size_t{64} << 20);
@@ -133,6 +161,8 @@ TEST(Context, ModelAllocatorBoundSetInCode) {
   EXPECT_LE(a->idle_bytes(), size_t{5} << 20);
   a->set_idle_limit(0);
   EXPECT_EQ(a->idle_bytes(), 0u);
+  HostAllocator on_stack(size_t{1} << 20);  // blocks keep their allocator alive: it must be shared-owned
+  EXPECT_THROW(on_stack.alloc(1 << 20), Error);
 }
 
 // The detection request and result travel in the call (no thread-local state): prepared on this thread, the

@@ -112,6 +112,23 @@ TEST(Ops, GemmMatchesReferenceEveryKernel) {
             }
 }
 
+// The work split (M chunks x panel groups, packed or in-place A) depends on the thread budget: every budget must
+// give the reference's result, whatever the machine's core count.
+TEST(Ops, GemmEveryThreadBudget) {
+  const GemmCase cases[] = {{197, 40, 384}, {197, 192, 384}, {3, 700, 64}, {450, 129, 9}, {1, 96, 33}, {61, 256, 600}};
+  for (int threads : {1, 2, 3, 7})
+    for (cpu::Isa isa : runnable_isas())
+      for (const GemmCase& gc : cases) {
+        Tensor A = rnd({gc.M, gc.K}), B = rnd({gc.N, gc.K}), bias = rnd({gc.N});
+        Tensor C = Tensor::empty({gc.M, gc.N}), Cr = Tensor::empty({gc.M, gc.N});
+        ops::gemm(ExecContext::cpu(threads), gc.M, A.f32(), gc.K,
+                  ops::pack_weight_for(isa, B.f32(), gc.K, true, gc.N, gc.K, bias.f32()), C.f32(), gc.N);
+        ops::ref::gemm(gc.M, gc.N, gc.K, A.f32(), gc.K, B.f32(), gc.K, true, Cr.f32(), gc.N, bias.f32());
+        EXPECT_LE(rel_l2(C, Cr), kTol) << cpu::isa_name(isa) << " threads " << threads << " M=" << gc.M
+                                       << " N=" << gc.N << " K=" << gc.K;
+      }
+}
+
 TEST(Ops, GemmThreadSplitsAgree) {
   // results may not depend on the thread budget beyond summation order (each C tile has one owner)
   Tensor A = rnd({301, 200}), B = rnd({100, 200});
@@ -190,6 +207,19 @@ TEST(Ops, GemmRejectsBadArguments) {
   }
   Tensor x = Tensor::zeros({3, 5});
   EXPECT_THROW(ops::linear(kCtx, x, W, y), Error);
+  // K = 0: y = bias
+  const float b3[3] = {1, 2, 3};
+  Tensor x0 = Tensor::empty({5, 0}), y0 = Tensor::empty({5, 3});
+  ops::linear(kCtx, x0, ops::pack_weight(nullptr, 0, true, 3, 0, b3), y0);
+  for (int64_t i = 0; i < 15; ++i) EXPECT_EQ(y0.f32()[i], b3[i % 3]);
+}
+
+TEST(Ops, Conv2dEmptyBatch) {
+  for (int s : {1, 2}) {
+    Tensor x = Tensor::empty({0, 7, 5, 3}), w = rnd({4, 3, 3, 3});
+    Tensor y = ops::conv2d(kCtx, x, ops::prepare_conv2d(w, Tensor(), s, s, 1, 1));
+    EXPECT_EQ(y.shape(), Shape({0, ops::conv_out_size(7, 3, s, 1), ops::conv_out_size(5, 3, s, 1), 4}));
+  }
 }
 
 // ---- conv2d ----------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -461,5 +462,51 @@ TEST(SelectiveScan, GoldenFixtures) {
     EXPECT_LE(ref.second, 1e-5) << name;
     EXPECT_LE(fast.first, 1e-5) << name;
     EXPECT_LE(fast.second, 1e-5) << name;
+  }
+}
+
+// Extreme gate and time-step values: the fast path's exp / division shortcuts must agree with the reference
+// (no NaN from inf - inf, z -> -inf gives 0, z -> +inf passes the scan output through).
+TEST(SelectiveScan, FastMatchesReferenceOnExtremeValues) {
+  const int64_t D = 20, L = 6, N = 16;
+  const float big = std::numeric_limits<float>::max(), inf = std::numeric_limits<float>::infinity();
+  const float zs[] = {-inf, -big, -1e30f, -100.0f, -80.5f, -79.5f, -20.0f, 0.0f, 3.0f, 1e30f, big, inf};
+  std::vector<float> u(D * L), delta(D * L), z(D * L), bc(2 * N * L), A(D * N), Dv(D), bias(D);
+  for (int64_t i = 0; i < D * L; ++i) {
+    u[i] = 0.5f + 0.01f * static_cast<float>(i % 7);
+    delta[i] = (i % 5 == 0) ? 1e30f : (i % 5 == 1) ? -1e30f : 0.1f * static_cast<float>(i % 9) - 0.4f;
+    z[i] = zs[i % 12];
+  }
+  for (size_t i = 0; i < bc.size(); ++i) bc[i] = 0.1f * static_cast<float>(i % 11) - 0.5f;
+  for (int64_t i = 0; i < D * N; ++i) A[i] = -static_cast<float>(1 + i % N);
+  for (int64_t c = 0; c < D; ++c) Dv[c] = 0.5f, bias[c] = -1.0f;
+  std::vector<float> fast(D * L), ref(D * L);
+  auto run = [&](float* out, bool use_ref) {
+    ScanParams p = token_major_scan(1, D, L, N, out, DType::F32);
+    ScanDirection d;
+    d.u = token_major(u.data(), DType::F32, L, D);
+    d.delta = token_major(delta.data(), DType::F32, L, D);
+    d.B = token_major_bc(bc.data(), DType::F32, L, 2 * N);
+    d.C = token_major_bc(bc.data() + N, DType::F32, L, 2 * N);
+    d.A = A.data();
+    d.D = Dv.data();
+    d.delta_bias = bias.data();
+    d.z = token_major(z.data(), DType::F32, L, D);
+    p.dirs.push_back(d);
+    if (use_ref)
+      selective_scan_ref(p);
+    else
+      selective_scan_cpu(kCtx, p);
+  };
+  run(fast.data(), false);
+  run(ref.data(), true);
+  for (int64_t i = 0; i < D * L; ++i) {
+    ASSERT_EQ(std::isnan(fast[i]), std::isnan(ref[i]))
+        << "element " << i << " z " << z[i] << " delta " << delta[i] << ": " << fast[i] << " vs " << ref[i];
+    if (std::isinf(ref[i])) {
+      EXPECT_EQ(fast[i], ref[i]) << "element " << i;
+    } else if (!std::isnan(ref[i])) {
+      EXPECT_NEAR(fast[i], ref[i], 1e-5 * std::max(1.0f, std::fabs(ref[i]))) << "element " << i << " z " << z[i];
+    }
   }
 }

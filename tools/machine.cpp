@@ -53,7 +53,7 @@ nlohmann::ordered_json MachineReport::json() const {
   return {{"cpu", cpu},
           {"cpu_features", features},
           {"threads", threads},
-          {"isa", {{"gemm", gemm_backend}, {"selective_scan", isa}, {"depthwise_conv", isa}, {"elementwise", "baseline"}}},
+          {"isa", {{"gemm", gemm_backend}, {"selective_scan", isa}, {"depthwise_conv", isa}, {"elementwise", isa}}},
           {"fma_peak_gflops", fma_peak_gflops},
           {"gemm_gflops", gemm_gflops}};
 }

@@ -188,9 +188,9 @@ void box_head_forward(const ExecContext& ctx, const Tensor& roi_feats, const Box
   const int64_t n = roi_feats.dim(0), in = roi_feats.numel() / std::max<int64_t>(n, 1);
   MAMBACV_CHECK(n == 0 || in == w.fc1.in, "box_head: RoI features " << roi_feats.str() << " flatten to " << in
                                                                   << ", shared_fcs.0 expects " << w.fc1.in);
-  Tensor h1 = Tensor::empty({n, w.fc1.out}), h2 = Tensor::empty({n, w.fc2.out});
-  *cls_score = Tensor::empty({n, w.cls.out});
-  *deltas = Tensor::empty({n, w.reg.out});
+  Tensor h1 = ctx.empty({n, w.fc1.out}), h2 = ctx.empty({n, w.fc2.out});
+  *cls_score = ctx.empty({n, w.cls.out});
+  *deltas = ctx.empty({n, w.reg.out});
   if (n == 0) return;
   ops::linear(ctx, roi_feats.reshape({n, w.fc1.in}), w.fc1.prepared, h1);
   ops::activate(ctx, ops::Act::Relu, h1);
@@ -282,7 +282,7 @@ Tensor mask_head_probs(const ExecContext& ctx, const Tensor& roi_feats, const Ma
   const int64_t n = roi_feats.dim(0), C = roi_feats.dim(1), r = roi_feats.dim(2), r2 = roi_feats.dim(3);
   MAMBACV_CHECK(labels.numel() == n && labels.dtype() == DType::I64,
                 "mask_head: expected " << n << " i64 labels, found " << labels.str());
-  Tensor out = Tensor::empty({n, 2 * r, 2 * r2});
+  Tensor out = ctx.empty({n, 2 * r, 2 * r2});
   if (n == 0) return out;
   (void)C;
   Tensor x = ops::nchw_to_nhwc(ctx, roi_feats);

@@ -2,9 +2,17 @@
 
 #include <cstring>
 
+#include "kernels/cpu_info.h"
+
 namespace mambacv {
 
 ExecContext ExecContext::cpu(int threads) {
+#if defined(__AVX2__) && defined(__FMA__)
+  // the library is compiled for x86-64-v3; on an older CPU say so instead of dying on an illegal instruction
+  static const bool baseline_ok = cpu::features().avx2 && cpu::features().fma;
+  MAMBACV_CHECK(baseline_ok, "this build of mambacv needs a CPU with AVX2 and FMA (" << cpu::cpu_name()
+                                 << " has neither or one); rebuild with -DMAMBACV_NATIVE=ON on this machine");
+#endif
   ExecContext c;
   // omp_get_max_threads() of the calling thread: OMP_NUM_THREADS or every core, unless this thread changed it
   c.threads = threads > 0 ? threads : std::max(1, omp_get_max_threads());

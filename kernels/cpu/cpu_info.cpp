@@ -1,7 +1,9 @@
 // kernels/cpu/cpu_info.cpp - CPUID / XGETBV feature detection and the MAMBACV_ISA override.
 #include "kernels/cpu_info.h"
 
+#include <cctype>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -97,10 +99,20 @@ Isa detect_isa() {
 Isa choose_isa() {
   Isa i = detect_isa();
   if (const char* e = std::getenv("MAMBACV_ISA")) {
+    std::string v(e);
+    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     Isa want = i;
-    if (std::strcmp(e, "generic") == 0) want = Isa::Generic;
-    if (std::strcmp(e, "avx2") == 0) want = Isa::Avx2;
-    if (std::strcmp(e, "avx512") == 0) want = Isa::Avx512;
+    if (v == "generic") {
+      want = Isa::Generic;
+    } else if (v == "avx2") {
+      want = Isa::Avx2;
+    } else if (v == "avx512") {
+      want = Isa::Avx512;
+    } else if (!v.empty()) {
+      // an environment setting has no caller to throw to: say once that it is ignored
+      std::fprintf(stderr, "mambacv: MAMBACV_ISA=%s is not one of avx512, avx2, generic; ignored (using %s)\n", e,
+                   isa_name(i));
+    }
     if (static_cast<int>(want) < static_cast<int>(i)) i = want;
   }
   return i;

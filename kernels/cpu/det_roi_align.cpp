@@ -229,7 +229,7 @@ Tensor roi_align_cpu(const ExecContext& ctx, const Tensor& feat, const Tensor& r
                      int sampling_ratio, bool aligned) {
   const auto [C, H, W] = feature_dims("det::roi_align_cpu", "feat", feat);
   const int64_t n = rois.dim(0);
-  Tensor out = Tensor::empty({n, C, out_h, out_w});
+  Tensor out = ctx.empty({n, C, out_h, out_w});
   const float* f = feat.f32();
   const float* r = rois.f32();
   float* o = out.f32();
@@ -262,7 +262,7 @@ Tensor multilevel_roi_align(const ExecContext& ctx, const std::vector<Tensor>& f
   }
   const Tensor levels = map_roi_levels(rois, finest_scale, static_cast<int>(feats.size()));
   const int64_t n = rois.dim(0), C = dims[0][0];
-  Tensor out = Tensor::empty({n, C, out_h, out_w});
+  Tensor out = ctx.empty({n, C, out_h, out_w});
   const int64_t* lv = levels.data<int64_t>();
   const float* r = rois.f32();
   float* o = out.f32();

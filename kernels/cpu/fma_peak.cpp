@@ -69,15 +69,20 @@ double measure_fma_peak_gflops(int threads, double seconds) {
     const auto t0 = std::chrono::steady_clock::now();
     double el = 0;
     // every thread runs the same number of calls; repeat until the time budget is used
+    int team = 1;  // the team OpenMP actually gave (OMP_THREAD_LIMIT may cap it)
     while (el < seconds / 3) {
       float part = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : part)
-      part += call(static_cast<float>(omp_get_thread_num()));
+      {
+        part += call(static_cast<float>(omp_get_thread_num()));
+#pragma omp master
+        team = omp_get_num_threads();
+      }
       sink = sink + part;
       ++calls;
       el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    best = std::max(best, flops_per_call * static_cast<double>(calls) * threads / el / 1e9);
+    best = std::max(best, flops_per_call * static_cast<double>(calls) * team / el / 1e9);
   }
   (void)sink;
   return best;

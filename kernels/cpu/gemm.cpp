@@ -261,10 +261,13 @@ using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 // restoring it afterwards.
 template <class F>
 void with_omp_threads(const ExecContext& ctx, F&& f) {
-  const int prev = omp_get_max_threads();
+  struct Restore {
+    int prev = omp_get_max_threads();
+    ~Restore() { omp_set_num_threads(prev); }
+  } restore;
   omp_set_num_threads(std::max(1, ctx.threads));
+  if (ctx.trace) ctx.trace->note_team(std::max(1, ctx.threads));
   f();
-  omp_set_num_threads(prev);
 }
 }  // namespace
 
@@ -355,7 +358,8 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
 void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate) {
   MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && x.dim(-1) == W.K,
                 "linear: x must end in " << W.K << " features, got " << (x.defined() ? x.str() : "an empty tensor"));
-  const int64_t rows = W.K > 0 ? x.numel() / W.K : 0;
+  int64_t rows = 1;  // the leading dims of x
+  for (int i = 0; i + 1 < x.ndim(); ++i) rows *= x.dim(i);
   MAMBACV_CHECK(y.defined() && y.ndim() >= 1 && y.dim(-1) == W.N && y.numel() == rows * W.N,
                 "linear: y must be (" << rows << ", " << W.N << "), got " << (y.defined() ? y.str() : "none"));
   require_f32("linear", {{"x", &x}, {"y", &y}});

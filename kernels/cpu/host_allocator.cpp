@@ -67,13 +67,15 @@ void HostAllocator::release() {
 }
 
 std::shared_ptr<void> HostAllocator::alloc(size_t n) {
+  // blocks hold their allocator: it must be owned by a shared_ptr (std::make_shared<HostAllocator>(...))
+  std::shared_ptr<HostAllocator> self = weak_from_this().lock();
+  MAMBACV_CHECK(self != nullptr, "HostAllocator::alloc: the allocator must be owned by a std::shared_ptr");
+  MAMBACV_CHECK(n <= (size_t{1} << 60), "out of memory: " << n << " bytes requested");
   const size_t cls = size_class(n == 0 ? 64 : n);
   void* p = cls >= kMinCachedBytes ? take(cls) : nullptr;
   if (!p) p = std::aligned_alloc(64, cls);
   MAMBACV_CHECK(p != nullptr, "out of memory allocating " << n << " bytes");
   if (cls < kMinCachedBytes) return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
-  // the block holds its allocator, so it can always go back to it
-  std::shared_ptr<HostAllocator> self = shared_from_this();
   return std::shared_ptr<void>(p, [self, cls](void* q) {
     if (!self->give(q, cls)) std::free(q);
   });

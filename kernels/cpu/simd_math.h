@@ -83,7 +83,7 @@ MAMBACV_SIMD_INLINE float gelu_f(float x) { return 0.5f * x * (1.0f + erf_f(x * 
 // when `avx512` (cpu_isa() == Avx512), else as compiled for the build's baseline. For the loop-shaped ops whose
 // AVX-512 variant is only a wider vectorisation of the same code.
 template <class F>
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,prefer-vector-width=512"))) void
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,prefer-vector-width=512"), flatten)) void
 run_avx512(F& body, int64_t begin, int64_t end) {
   body(begin, end);
 }
