@@ -102,6 +102,20 @@ TEST(Context, ModelsWithDifferentThreadBudgetsRunSideBySide) {
   EXPECT_LE(compare(m1.classify(x), ref).rel_l2, 1e-5);
 }
 
+TEST(Context, AbsurdBudgetsAreRefused) {
+  const std::string cfg = test::fixture("vim_mini.json"), w = test::fixture("vim_mini.weights.safetensors");
+  for (int t : {-1, 5000}) {
+    Options o;
+    o.threads = t;
+    try {
+      Model::load(cfg, w, o);
+      ADD_FAILURE() << "threads " << t << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--threads"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Context, ProfileAddsUpToTheFlopCount) {
   Model m = Model::load(test::fixture("vmamba_v2_mini.json"), test::fixture("vmamba_v2_mini.weights.safetensors"));
   const std::vector<OpStat> ops = m.profile(Tensor::zeros({1, 3, 64, 64}));

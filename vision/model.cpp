@@ -13,6 +13,9 @@
 namespace mambacv {
 
 namespace {
+// More threads than this is a typo, not a machine: each would be an OS thread in every parallel region.
+constexpr int kMaxThreads = 1024;
+
 // Validates that this build can run `opt` (device, dtype) and returns the policy for it. Throws Error naming the
 // option that cannot be honoured yet.
 detail::Policy make_policy(const Options& opt) {
@@ -24,7 +27,10 @@ detail::Policy make_policy(const Options& opt) {
   MAMBACV_CHECK(opt.dtype == DType::F32, "--dtype " << dtype_name(opt.dtype)
                                                     << ": reduced-precision compute is not implemented yet in this "
                                                        "version; use --dtype f32");
-  MAMBACV_CHECK(opt.threads >= 0, "--threads: expected 0 (all cores) or a positive count, got " << opt.threads);
+  MAMBACV_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads,
+                "--threads: expected 0 (all cores) or a count up to " << kMaxThreads << ", got " << opt.threads);
+  MAMBACV_CHECK(opt.host_cache_mb <= (1 << 20), "host_cache_mb: expected at most 1048576 (1 TiB), got "
+                                                     << opt.host_cache_mb);
   detail::Policy p;
   p.compute = opt.dtype;
   p.core = opt.core;

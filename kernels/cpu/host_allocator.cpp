@@ -1,5 +1,6 @@
 #include "kernels/host_allocator.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "mambacv/error.h"
@@ -85,6 +86,7 @@ const std::shared_ptr<HostAllocator>& default_host_allocator() {
   static const std::shared_ptr<HostAllocator>* a = [] {
     long mb = 1024;
     if (const char* e = std::getenv("MAMBACV_HOST_CACHE_MB")) mb = std::strtol(e, nullptr, 10);
+    mb = std::min(mb, 1L << 20);  // at most 1 TiB idle: larger values are typos and would overflow
     return new std::shared_ptr<HostAllocator>(
         std::make_shared<HostAllocator>(mb > 0 ? static_cast<size_t>(mb) << 20 : 0));
   }();
