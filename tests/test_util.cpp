@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -16,7 +18,9 @@ std::string cli_path() { return MAMBACV_CLI; }
 
 std::string temp_dir(const std::string& tag) {
   namespace fs = std::filesystem;
-  fs::path p = fs::path(MAMBACV_BINARY_DIR) / "test_tmp" / tag;
+  // per process: ctest runs the same program more than once at a time (the MAMBACV_ISA reruns beside the
+  // discovered tests), and two runs must not share, or delete, each other's files
+  fs::path p = fs::path(MAMBACV_BINARY_DIR) / "test_tmp" / (tag + "." + std::to_string(::getpid()));
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();
