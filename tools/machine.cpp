@@ -84,6 +84,8 @@ int bench_gemm(int threads, bool json) {
       {196, 1536, 384, "VMamba-T stage 3 fc1"}, {196, 384, 1536, "VMamba-T stage 3 fc2"},
       {49, 3072, 768, "VMamba-T stage 4 fc1"}, {1568, 768, 192, "Vim-T in_proj, batch 8"},
       {197, 384, 12, "Vim-T dt_proj"}, {3136, 192, 6, "VMamba-T stage 1 dt_proj"},
+      {3136, 96, 96, "VMamba-T s1l8 stage 1 in_proj"}, {3136, 32, 96, "VMamba-T s1l8 stage 1 x_proj"},
+      {196, 384, 384, "VMamba-T s1l8 stage 3 in_proj"}, {3136, 96, 384, "VMamba-T s1l8 stage 1 fc2"},
   };
   const int nt = resolve_threads(threads);
   std::vector<int> counts = {1};
