@@ -24,10 +24,6 @@ const char* kBenchHelp =
     "--json prints one object per line: the machine first, then one per batch size.\n"
     "bench --gemm [--threads N] [--json] times the GEMM alone on the models' shapes (1 and N threads).\n";
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 double peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);

@@ -26,6 +26,8 @@ int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
 
 // Shared helpers of the commands (tools/machine.cpp).
+// Monotonic seconds, for timings.
+double now_s();
 // The thread count a model with Options::threads == threads uses.
 int resolve_threads(int threads);
 // The library GEMM's rate on a 1024^3 product with a packed weight, GFLOP/s.

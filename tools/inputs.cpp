@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "mambacv/error.h"
+#include "tools/commands.h"
 
 namespace mambacv::cli {
 namespace fs = std::filesystem;
@@ -20,9 +21,6 @@ bool has_image_extension(const fs::path& p) {
                         ".jp2", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic"})
     if (e == x) return true;
   return false;
-}
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 }  // namespace
 

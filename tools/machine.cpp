@@ -10,11 +10,9 @@
 
 namespace mambacv::cli {
 
-namespace {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-}  // namespace
 
 int resolve_threads(int threads) { return ExecContext::cpu(threads).threads; }
 

@@ -279,12 +279,11 @@ Detections box_postprocess(const Tensor& proposals, const Tensor& cls_score, con
 Tensor mask_head_probs(const ExecContext& ctx, const Tensor& roi_feats, const MaskHeadW& w, const Tensor& labels) {
   MAMBACV_CHECK(roi_feats.defined() && roi_feats.ndim() == 4 && roi_feats.dtype() == DType::F32,
                 "mask_head: expected f32 (n, C, r, r) RoI features, found " << roi_feats.str());
-  const int64_t n = roi_feats.dim(0), C = roi_feats.dim(1), r = roi_feats.dim(2), r2 = roi_feats.dim(3);
+  const int64_t n = roi_feats.dim(0), r = roi_feats.dim(2), r2 = roi_feats.dim(3);
   MAMBACV_CHECK(labels.numel() == n && labels.dtype() == DType::I64,
                 "mask_head: expected " << n << " i64 labels, found " << labels.str());
   Tensor out = ctx.empty({n, 2 * r, 2 * r2});
   if (n == 0) return out;
-  (void)C;
   Tensor x = ops::nchw_to_nhwc(ctx, roi_feats);
   for (const ConvW& c : w.convs) x = conv_same_nhwc(ctx, x, c, /*relu=*/true);
   x = deconv2x2_nhwc(ctx, x, w.up_packed, w.up_b, w.up_cout, /*relu=*/true);  // (n, 2r, 2r, Cm)

@@ -20,8 +20,9 @@
 
 namespace mambacv::heads {
 
-// A convolution's bound weights (PyTorch layout, read by the references), bias may be null, and the same weights
-// prepared for ops::conv2d (prepare(), called once at bind time; the fast heads require it).
+// A convolution's bound weights (PyTorch layout, read by the references; a network may null them once prepared),
+// bias may be null, and the same weights prepared for ops::conv2d (prepare(), called once at bind time; the fast
+// heads require it).
 struct ConvW {
   const float* w = nullptr;  // (cout, cin, k, k)
   const float* b = nullptr;  // (cout) or null

@@ -381,10 +381,11 @@ class MaskRcnnNetwork final : public Network {
       else
         w_[n] = t;
     }
-    // the heads keep raw pointers into w_ (their references read them) beside the prepared forms
     backbone_->bind(std::move(bb));
     const MaskRcnnConfig& c = cfg_;
-    auto conv = [&](const std::string& n, int k) {
+    // Prepared layers drop their raw tensors (the fast heads read only the prepared form); conv_logits and the
+    // upsample bias stay in w_ because mask_head_probs reads them raw.
+    auto conv = [&](const std::string& n, int k, bool keep_raw = false) {
       const Tensor& t = w_.at(n + ".weight");
       heads::ConvW cw;
       cw.w = t.f32();
@@ -393,12 +394,20 @@ class MaskRcnnNetwork final : public Network {
       cw.cin = t.dim(1);
       cw.k = k;
       cw.prepare();
+      if (!keep_raw) {
+        cw.w = cw.b = nullptr;
+        w_.erase(n + ".weight");
+        w_.erase(n + ".bias");
+      }
       return cw;
     };
     auto lin = [&](const std::string& n) {
       const Tensor& t = w_.at(n + ".weight");
       heads::LinearW l{t.f32(), w_.at(n + ".bias").f32(), t.dim(0), t.dim(1), {}};
       l.prepare();
+      l.w = l.b = nullptr;
+      w_.erase(n + ".weight");
+      w_.erase(n + ".bias");
       return l;
     };
     fpn_.num_outs = c.num_outs;
@@ -420,7 +429,8 @@ class MaskRcnnNetwork final : public Network {
     mask_.up_packed = heads::pack_deconv2x2(up.f32(), up.dim(0), up.dim(1));
     mask_.up_b = w_.at("roi_head.mask_head.upsample.bias").f32();
     mask_.up_cout = up.dim(1);
-    mask_.logits = conv("roi_head.mask_head.conv_logits", 1);
+    w_.erase("roi_head.mask_head.upsample.weight");
+    mask_.logits = conv("roi_head.mask_head.conv_logits", 1, /*keep_raw=*/true);
   }
 
   std::map<std::string, Tensor> forward(const ExecContext& ctx, const ForwardCall& call) const override {
@@ -588,7 +598,7 @@ class MaskRcnnNetwork final : public Network {
   MaskRcnnConfig cfg_;
   std::unique_ptr<Network> backbone_;
   std::string arch_ = "mask_rcnn";
-  TensorMap w_;
+  TensorMap w_;  // the head tensors read raw (conv_logits, upsample bias)
   heads::FpnW fpn_;
   heads::RpnW rpn_;
   heads::BoxHeadW box_;

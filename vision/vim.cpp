@@ -95,13 +95,12 @@ class VimNetwork final : public Network {
   void bind(TensorMap weights) override {
     WeightTable w("vim", std::move(weights));
     const int64_t D = cfg_.embed_dim, E = cfg_.expand * D;
-    const int P = static_cast<int>(cfg_.patch_size), S = static_cast<int>(cfg_.stride);
+    const int S = static_cast<int>(cfg_.stride);
     patch_embed_ = w.conv("patch_embed.proj.weight", "patch_embed.proj.bias", S, S, 0, 0);
     cls_token_ = w.at("cls_token").reshape({D});
     pos_embed_ = w.at("pos_embed").reshape({grid0_ * grid0_ + 1, D});
     norm_f_ = w.at("norm_f.weight");
     if (cfg_.num_classes > 0) head_ = w.linear("head.weight", "head.bias");
-    (void)P;
     layers_.resize(static_cast<size_t>(cfg_.depth));
     for (int64_t i = 0; i < cfg_.depth; ++i) {
       std::string p = "layers." + std::to_string(i) + ".";
