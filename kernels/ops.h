@@ -62,9 +62,9 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
 // Names the backend cpu_isa() selects: "mambacv-avx512 (14x32)", "mambacv-avx2 (6x16)" or "eigen".
 const char* gemm_backend();
 
-// The dt_proj of the Mamba mixers: delta (rows, G * D)[:, g*D : (g+1)*D] = x[:, g*P : g*P + R] @ W[g]^T for each of
-// the G groups (directions), W[g] (D, R) packed; x (rows, G*P) with P >= R (the [dt | B | C] rows of x_proj).
-// One GEMM per group on the strided column block, written into its block of delta.
+// The dt_proj of the Mamba mixers: delta (G, rows, D)[g] = x[:, g*P : g*P + R] @ W[g]^T for each of the G groups
+// (directions), W[g] (D, R) packed; x (rows, G*P) with P >= R (the [dt | B | C] rows of x_proj). One GEMM per
+// group on the strided column block; each group's delta is contiguous (rows, D), the rows the scan streams.
 void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std::vector<PackedWeight>& W,
                    Tensor& delta);
 
@@ -162,7 +162,7 @@ void layer_norm(const float* x, int64_t rows, int64_t C, const float* gamma, con
 void rms_norm(const float* x, int64_t rows, int64_t C, const float* gamma, float eps, float* y);
 float activate(Act a, float x);
 void dt_projection(const float* x, int64_t rows, int64_t groups, int64_t P, int64_t R, const float* w /* (G, D, R) */,
-                   int64_t D, float* delta);
+                   int64_t D, float* delta /* (G, rows, D) */);
 void insert_token_add(const float* patches, int64_t B, int64_t M, int64_t D, const float* token, int64_t at,
                       const float* pos, float* y);
 void mean_tokens(const float* x, int64_t B, int64_t L, int64_t C, float* y);

@@ -107,8 +107,8 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
   Tensor xdbl = ctx.empty({B, L, K * P});
   ops::linear(ctx, u, w.x_proj, xdbl);
-  // delta (B, L, K*Dd): delta[:, k*Dd:(k+1)*Dd] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
-  Tensor delta = ctx.empty({B, L, K * Dd});
+  // delta (K, B, L, Dd): delta[k] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
+  Tensor delta = ctx.empty({K, B, L, Dd});
   ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
 
   // scan inputs in the policy's dtype (core v0: fp32; core v1: the compute dtype)
@@ -125,7 +125,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   for (int64_t k = 0; k < K; ++k) {
     ScanDirection d;
     d.u = token_major(u_s.raw(), in_t, L, Dd);
-    d.delta = token_major(at(delta_s, k * Dd), in_t, L, K * Dd);
+    d.delta = token_major(at(delta_s, k * B * L * Dd), in_t, L, Dd);
     d.B = token_major_bc(at(xdbl_s, k * P + R), in_t, L, K * P);
     d.C = token_major_bc(at(xdbl_s, k * P + R + N), in_t, L, K * P);
     d.A = w.A.f32() + k * Dd * N;

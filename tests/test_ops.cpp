@@ -671,7 +671,7 @@ TEST(Ops, DtProjectionMatchesReference) {
           Tensor x = rnd({rows, G * P}), w = rnd({G, D, R});  // PyTorch dt_proj layout (G, D, R)
           std::vector<ops::PackedWeight> wp;
           for (int64_t g = 0; g < G; ++g) wp.push_back(ops::pack_weight(w.f32() + g * D * R, R, true, D, R));
-          Tensor y = Tensor::empty({rows, G * D}), yr = Tensor::empty({rows, G * D});
+          Tensor y = Tensor::empty({G, rows, D}), yr = Tensor::empty({G, rows, D});
           ops::dt_projection(kCtx, x, P, wp, y);
           ops::ref::dt_projection(x.f32(), rows, G, P, R, w.f32(), D, yr.f32());
           EXPECT_LE(rel_l2(y, yr), kTol) << rows << " " << G << " " << R << " " << D;

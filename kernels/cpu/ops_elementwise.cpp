@@ -312,10 +312,10 @@ void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std
     MAMBACV_CHECK(w.K == R && w.N == D && R <= P, "dt_projection: every group's weight must be (" << D << ", " << R
                                                                                                    << ") with R <= " << P);
   MAMBACV_CHECK(delta.defined() && delta.numel() == rows * G * D,
-                "dt_projection: delta must be (" << rows << ", " << G * D << "), got " << delta.str());
+                "dt_projection: delta must be (" << G << ", " << rows << ", " << D << "), got " << delta.str());
   require_f32("dt_projection", {{"x", &x}, {"delta", &delta}});
   for (int64_t g = 0; g < G; ++g)
-    gemm(ctx, rows, x.f32() + g * P, G * P, W[static_cast<size_t>(g)], delta.f32() + g * D, G * D);
+    gemm(ctx, rows, x.f32() + g * P, G * P, W[static_cast<size_t>(g)], delta.f32() + g * rows * D, D);
 }
 
 // ---- bicubic resize ------------------------------------------------------------------------------------------------

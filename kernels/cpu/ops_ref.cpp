@@ -139,7 +139,7 @@ void dt_projection(const float* x, int64_t rows, int64_t G, int64_t P, int64_t R
       for (int64_t c = 0; c < D; ++c) {
         double acc = 0;
         for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(x[t * G * P + g * P + r]) * w[(g * D + c) * R + r];
-        delta[t * G * D + g * D + c] = static_cast<float>(acc);
+        delta[(g * rows + t) * D + c] = static_cast<float>(acc);
       }
 }
 

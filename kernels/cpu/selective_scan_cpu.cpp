@@ -38,6 +38,7 @@ namespace {
 
 constexpr int kW = 16;      // channels per tile (SIMD lanes)
 constexpr int kBlock = 64;  // tokens per block
+constexpr int kMaxTiles = 8;  // channel tiles per work item (a run of up to 128 channels)
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
 
@@ -61,7 +62,7 @@ struct Workspace {
   explicit Workspace(int64_t N) : N(N) {
     const size_t tile = static_cast<size_t>(kBlock) * kW;
     const size_t bc = static_cast<size_t>((kBlock * N + kW - 1) / kW * kW);
-    const size_t nv = static_cast<size_t>(N) * kW;
+    const size_t nv = static_cast<size_t>(N) * kW * kMaxTiles;
     const size_t total = 4 * tile + 2 * bc + 2 * nv + 4 * kW;
     mem.reset(static_cast<float*>(std::aligned_alloc(64, total * sizeof(float))));
     MAMBACV_CHECK(mem != nullptr, "selective_scan: out of memory for a " << total * sizeof(float) << "-byte workspace");
@@ -82,8 +83,8 @@ struct Workspace {
   std::unique_ptr<float, Free> mem;
   float *dt, *dtu, *du, *gate;  // (kBlock, 16)
   float *Bs, *Cs;               // (kBlock, N) scalars of the tile's group
-  float *A2;                    // (N, 16): A * log2(e)
-  float *h;                     // (N, 16): states of the generic-N path
+  float *A2;                    // (kMaxTiles, N, 16): A * log2(e) per tile of the run
+  float *h;                     // (kMaxTiles, N, 16): states per tile of the run, kept between blocks
 };
 
 }  // namespace
@@ -103,13 +104,23 @@ namespace scan_portable {
 #include "kernels/cpu/selective_scan_tile.inc"
 }  // namespace scan_portable
 
+// Tiles per work item: runs of at most kMaxTiles tiles of one group, as even as possible, and enough runs that
+// every worker has work (and, while there are few runs, a multiple of the workers so none idles at the end).
+int64_t runs_per_group(int64_t tiles_per_group, int64_t batch_groups, int threads) {
+  int64_t runs = (tiles_per_group + kMaxTiles - 1) / kMaxTiles;
+  while (runs < tiles_per_group && batch_groups * runs < 4 * threads && (batch_groups * runs) % threads != 0) ++runs;
+  return runs;
+}
+
 template <int NT>
 void scan_all(const ExecContext& ctx, const ScanParams& p) {
   const int64_t cpg = p.dim / p.groups;          // channels per group
   const int64_t tpg = (cpg + kW - 1) / kW;       // tiles per group (a tile never straddles two groups)
-  const int64_t tiles = p.groups * tpg;
-  const int64_t items = p.batch * tiles;
   const double work = static_cast<double>(p.batch) * p.dim * p.L * p.N * static_cast<double>(p.dirs.size());
+  const int64_t runs = runs_per_group(tpg, p.batch * p.groups, parallel_workers(ctx, p.batch * p.groups * tpg, work));
+  const int64_t tpr = (tpg + runs - 1) / runs;   // tiles per run
+  const int64_t rpg = (tpg + tpr - 1) / tpr;     // runs per group actually needed
+  const int64_t items = p.batch * p.groups * rpg;
   const int nthreads = parallel_workers(ctx, items, work);
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
   // Allocated here, not in the parallel region, so an allocation failure is an Error and not std::terminate.
@@ -118,14 +129,14 @@ void scan_all(const ExecContext& ctx, const ScanParams& p) {
   parallel_for_tid(ctx, items, work, [&](int64_t i0, int64_t i1, int tid) {
     Workspace& wsp = *ws[static_cast<size_t>(tid)];
     for (int64_t it = i0; it < i1; ++it) {
-      const int64_t b = it / tiles, tile = it % tiles;
-      const int64_t g = tile / tpg;
-      const int64_t c0 = g * cpg + (tile % tpg) * kW;
-      const int w = static_cast<int>(std::min<int64_t>(kW, (g + 1) * cpg - c0));
+      const int64_t b = it / (p.groups * rpg), r = it % (p.groups * rpg);
+      const int64_t g = r / rpg;
+      const int64_t c_begin = g * cpg + (r % rpg) * tpr * kW;
+      const int64_t c_end = std::min((g + 1) * cpg, c_begin + tpr * kW);
       if (avx512)
-        scan_avx512::scan_tile<NT>(p, b, c0, w, wsp);
+        scan_avx512::scan_run<NT>(p, b, c_begin, c_end, wsp);
       else
-        scan_portable::scan_tile<NT>(p, b, c0, w, wsp);
+        scan_portable::scan_run<NT>(p, b, c_begin, c_end, wsp);
     }
   });
 }
