@@ -116,6 +116,12 @@ const char* act_name(Act a);
 void activate(const ExecContext& ctx, Act a, Tensor& x);  // in place
 void add(const ExecContext& ctx, Tensor& y, const Tensor& x);  // y += x (same numel)
 void mul(const ExecContext& ctx, Tensor& y, const Tensor& x);  // y *= x (same numel)
+// Rounds every value of x (f32) in place to the nearest value of dt (ties to even) and keeps it as f32: the
+// reduced-precision rounding points of the precision policy. F32 is a no-op. saturate: f16 values beyond its
+// range (|v| > 65504, including inf) become +-65504 instead of +-inf; NaN stays NaN. bf16 never saturates.
+void round_to(const ExecContext& ctx, DType dt, bool saturate, Tensor& x);
+// true when every value of x (f32) is finite
+bool all_finite(const ExecContext& ctx, const Tensor& x);
 
 // ---- layout and token ops ---------------------------------------------------------------------------------------
 // x (B, C, H, W) -> (B, H, W, C) and back (any 3- or 4-D tensor: the middle dims are flattened).
@@ -161,6 +167,7 @@ void conv1d_depthwise_tokens(const float* x, int64_t B, int64_t L, int64_t C, co
 void layer_norm(const float* x, int64_t rows, int64_t C, const float* gamma, const float* beta, float eps, float* y);
 void rms_norm(const float* x, int64_t rows, int64_t C, const float* gamma, float eps, float* y);
 float activate(Act a, float x);
+float round_to(DType dt, bool saturate, float x);  // through the scalar f32_to_f16 / f32_to_bf16 conversions
 void dt_projection(const float* x, int64_t rows, int64_t groups, int64_t P, int64_t R, const float* w /* (G, D, R) */,
                    int64_t D, float* delta /* (G, rows, D) */);
 void insert_token_add(const float* patches, int64_t B, int64_t M, int64_t D, const float* token, int64_t at,

@@ -6,6 +6,8 @@
 
 namespace mambacv::ssm {
 
+using detail::Boundary;
+
 std::vector<int32_t> reversed_order(int64_t L) {
   std::vector<int32_t> o(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) o[static_cast<size_t>(l)] = static_cast<int32_t>(L - 1 - l);
@@ -27,6 +29,7 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
   // xz (B, T, 2E) = in_proj(h): x = channels [0, E), z = channels [E, 2E)
   Tensor xz = ctx.empty({B, T, 2 * E});
   ops::linear(ctx, h, w.in_proj, xz);
+  policy.apply(ctx, Boundary::Activation, xz);
 
   // per direction: u (B, T, E) = silu(conv(x)), x_dbl (B, T, R+2N) = x_proj(u), delta (B, T, E) = dt_proj.W @ dt
   Tensor u[2], xdbl[2], delta[2];
@@ -34,45 +37,50 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
   for (int k = 0; k < 2; ++k) {
     u[k] = ctx.empty({B, T, E});
     ops::conv1d_tokens(ctx, xz, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);  // reads the x half
+    policy.apply(ctx, Boundary::Activation, u[k]);  // the fused conv + silu rounds once, at its output
     xdbl[k] = ctx.empty({B, T, P});
     ops::linear(ctx, u[k], dw[k]->x_proj, xdbl[k]);
+    policy.apply(ctx, Boundary::Activation, xdbl[k]);
     delta[k] = ctx.empty({B, T, E});
     ops::dt_projection(ctx, xdbl[k], P, dw[k]->dt_proj, delta[k]);
+    policy.apply(ctx, Boundary::Activation, delta[k]);
   }
 
-  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; scan inputs and the gate in the policy's dtype
-  // (core v0: fp32; core v1: the compute dtype)
-  const DType in_t = policy.scan_input_dtype();
-  auto as_in = [in_t](const Tensor& t) { return in_t == DType::F32 ? t : t.to(in_t); };
-  const size_t es = dtype_size(in_t);
-  auto at = [es](const Tensor& t, int64_t off) { return static_cast<const char*>(t.raw()) + off * es; };
-  const Tensor xz_s = as_in(xz);
+  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; the scan reads its inputs and the gate z in their
+  // rows' dtypes (core v0: fp32; core v1: the compute dtype) and rounds each direction's output to scan_out's
+  const DType u_t = policy.at(Boundary::ScanU), dl_t = policy.at(Boundary::ScanDelta);
+  const DType bc_t = policy.at(Boundary::ScanB), z_t = policy.at(Boundary::Gate);
+  MAMBACV_CHECK(policy.at(Boundary::ScanC) == bc_t, "mamba mixer: the policy must read B and C in one dtype");
+  const Tensor xz_s = as_dtype(xz, z_t);
   const std::vector<int32_t> rev = reversed_order(T);
   Tensor y = ctx.empty({B, T, E});
-  ScanParams p = token_major_scan(B, E, T, N, y.f32(), policy.scan_direction_round());
+  ScanParams p = token_major_scan(B, E, T, N, y.f32(), policy.at(Boundary::ScanOut));
   Tensor u_s[2], delta_s[2], xdbl_s[2];
   for (int k = 0; k < 2; ++k) {
-    u_s[k] = as_in(u[k]);
-    delta_s[k] = as_in(delta[k]);
-    xdbl_s[k] = as_in(xdbl[k]);
+    u_s[k] = as_dtype(u[k], u_t);
+    delta_s[k] = as_dtype(delta[k], dl_t);
+    xdbl_s[k] = as_dtype(xdbl[k], bc_t);
     ScanDirection d;
-    d.u = token_major(u_s[k].raw(), in_t, T, E);
-    d.delta = token_major(delta_s[k].raw(), in_t, T, E);
-    d.B = token_major_bc(at(xdbl_s[k], R), in_t, T, P);
-    d.C = token_major_bc(at(xdbl_s[k], R + N), in_t, T, P);
+    d.u = token_major(u_s[k].raw(), u_t, T, E);
+    d.delta = token_major(delta_s[k].raw(), dl_t, T, E);
+    d.B = token_major_bc(element_at(xdbl_s[k], R), bc_t, T, P);
+    d.C = token_major_bc(element_at(xdbl_s[k], R + N), bc_t, T, P);
     d.A = dw[k]->A.f32();
     d.D = dw[k]->D.f32();
     d.delta_bias = dw[k]->dt_proj_b.f32();
-    d.z = token_major(at(xz_s, E), in_t, T, 2 * E);
+    d.z = token_major(element_at(xz_s, E), z_t, T, 2 * E);
     d.order = k == 1 ? rev.data() : nullptr;
     d.out_scale = w.divide_out ? 0.5f : 1.0f;
     p.dirs.push_back(d);
   }
   selective_scan(ctx, p);
+  policy.apply(ctx, Boundary::Merge, y);
 
   // out (B, T, D) = out_proj(y)
+  policy.apply(ctx, Boundary::OutProjIn, y);
   Tensor out = ctx.empty({B, T, D});
   ops::linear(ctx, y, w.out_proj, out);
+  policy.apply(ctx, Boundary::OutProjOut, out);
   return out;
 }
 

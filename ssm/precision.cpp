@@ -1,5 +1,7 @@
 #include "ssm/precision.h"
 
+#include "kernels/context.h"
+#include "kernels/ops.h"
 #include "mambacv/error.h"
 
 namespace mambacv {
@@ -12,4 +14,26 @@ Core parse_core(const std::string& s) {
   MAMBACV_FAIL("--core: expected v0 or v1, got '" << s << "'");
 }
 
+namespace detail {
+
+static_assert(sizeof(kPolicyTable) / sizeof(kPolicyTable[0]) == static_cast<size_t>(Boundary::Head) + 1,
+              "one policy row per boundary");
+
+const char* boundary_name(Boundary b) { return kPolicyTable[static_cast<size_t>(b)].name; }
+
+DType Policy::at(Boundary b) const {
+  const BoundaryRow& row = kPolicyTable[static_cast<size_t>(b)];
+  return (core == Core::V0 ? row.v0_compute : row.v1_compute) ? compute : DType::F32;
+}
+
+void Policy::apply(const ExecContext& ctx, Boundary b, Tensor& t) const {
+  ops::round_to(ctx, at(b), /*saturate=*/core == Core::V0, t);
+  if (watch && !watch->found && !ops::all_finite(ctx, t)) {
+    watch->found = true;
+    watch->first = (watch->scope.empty() ? std::string() : watch->scope + " ") + boundary_name(b) + " (core " +
+                   core_name(core) + ", " + dtype_name(compute) + ")";
+  }
+}
+
+}  // namespace detail
 }  // namespace mambacv

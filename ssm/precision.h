@@ -1,28 +1,107 @@
-// ssm/precision.h - the precision policy of the scan cores, in one place (MODELS.md §3.4).
+// ssm/precision.h - the precision policy of the scan cores as one table (MODELS.md §3.4), used by Vim and VMamba.
 //
-// core v0: scan inputs u, delta, B, C are fp32; scan output, direction merge, out_norm and the gate stay fp32;
-//          only out_proj returns to the compute dtype.
-// core v1: u, delta, B, C stay in the compute dtype; the kernel keeps fp32 state and writes each direction's
-//          output in the compute dtype; the merge is summed in fp32; out_norm's result is cast to the compute
-//          dtype before the gate.
-// In fp32 both policies are the identity and differ only by summation order.
+// Storage stays f32. In a reduced compute dtype (f16 / bf16) the weights are rounded to it once at load, every
+// matrix product accumulates in f32, the scan state and norm statistics are f32, and each op's output is rounded
+// to the dtype its boundary row names (Policy::apply). The rows, with the upstream code each mirrors
+// (VMamba classification/models/vmamba.py SS2D.forward_corev0 / forward_corev1, Vim models_mamba.py +
+// mamba_simple.py Mamba.forward with bimamba v2, residual_in_fp32=True):
+//
+//   boundary        v0       v1       upstream
+//   activation      compute  compute  any other op output in the model's dtype: patch embed, norms, in_proj,
+//                                     depthwise conv + silu, x_proj, dt_proj, downsample, pooling
+//   scan_u          f32      compute  corev0: xs.float()            corev1: xs kept in the compute dtype
+//   scan_delta      f32      compute  corev0: dts.float()           corev1: dts kept
+//   scan_B          f32      compute  corev0: Bs.float()            corev1: Bs kept
+//   scan_C          f32      compute  corev0: Cs.float()            corev1: Cs kept
+//   scan_out        f32      compute  each direction's selective_scan output (corev1 writes the input dtype;
+//                                     Vim: out_z of each direction, its gate included)
+//   merge           f32      f32      y = y0 + y1 + y2 + y3 (CrossMerge) / Vim (out + flip(out_b)) summed in f32
+//   out_norm        f32      compute  out_norm(y): corev1 casts it to the compute dtype before the gate
+//   gate            f32      compute  y * silu(z)
+//   out_proj_in     compute  compute  out_proj(y.to(x.dtype))
+//   out_proj_out    compute  compute  out_proj's output
+//   mlp             compute  compute  fc1, GELU, fc2 outputs (VMamba Mlp)
+//   residual        compute  compute  VMamba x = x + drop_path(...)
+//   residual_stream f32      f32      Vim's residual stream (residual_in_fp32)
+//   head            compute  compute  the classifier's logits
+//
+// Scan inputs are produced by ops whose outputs are already rounded (activation), so their rows decide the dtype
+// the scan reads, not new values. f16 overflow: core v0 saturates at +-65504 (finite inputs stay finite: nothing
+// under v0 produces NaN or Inf for finite inputs); core v1 rounds as IEEE does (overflow gives +-inf), as
+// upstream's compute-dtype kernels do. In f32 every row is f32 and the two cores differ only by summation order.
 #pragma once
+
+#include <string>
 
 #include "mambacv/dtype.h"
 #include "mambacv/scan_core.h"
 
+namespace mambacv {
+struct ExecContext;
+class Tensor;
+}  // namespace mambacv
+
 namespace mambacv::detail {
+
+enum class Boundary {
+  Activation,
+  ScanU,
+  ScanDelta,
+  ScanB,
+  ScanC,
+  ScanOut,
+  Merge,
+  OutNorm,
+  Gate,
+  OutProjIn,
+  OutProjOut,
+  Mlp,
+  Residual,
+  ResidualStream,
+  Head,
+};
+
+struct BoundaryRow {
+  Boundary boundary;
+  const char* name;
+  bool v0_compute, v1_compute;  // rounded to the compute dtype (true) or kept f32 (false) under each core
+};
+
+// The table above, in Boundary order.
+inline constexpr BoundaryRow kPolicyTable[] = {
+    {Boundary::Activation, "activation", true, true},   {Boundary::ScanU, "scan_u", false, true},
+    {Boundary::ScanDelta, "scan_delta", false, true},   {Boundary::ScanB, "scan_B", false, true},
+    {Boundary::ScanC, "scan_C", false, true},           {Boundary::ScanOut, "scan_out", false, true},
+    {Boundary::Merge, "merge", false, false},           {Boundary::OutNorm, "out_norm", false, true},
+    {Boundary::Gate, "gate", false, true},              {Boundary::OutProjIn, "out_proj_in", true, true},
+    {Boundary::OutProjOut, "out_proj_out", true, true}, {Boundary::Mlp, "mlp", true, true},
+    {Boundary::Residual, "residual", true, true},       {Boundary::ResidualStream, "residual_stream", false, false},
+    {Boundary::Head, "head", true, true},
+};
+const char* boundary_name(Boundary b);
+
+// The first boundary at which a NaN or Inf appeared in one forward pass (Policy::watch; the network sets scope).
+struct FiniteWatch {
+  std::string scope;  // where the network is: "layers.3", "stage.2.block.1", "head"
+  bool found = false;
+  std::string first;  // "layers.3 scan_out (core v1, f16)"
+};
 
 struct Policy {
   DType compute = DType::F32;
   Core core = Core::V0;
+  FiniteWatch* watch = nullptr;  // when set, apply() checks every boundary's values
 
-  // dtype the scan reads u / delta / B / C in
-  DType scan_input_dtype() const { return core == Core::V0 ? DType::F32 : compute; }
-  // dtype each direction's scan output is rounded to before the fp32 merge
-  DType scan_direction_round() const { return core == Core::V0 ? DType::F32 : compute; }
-  // whether out_norm's output is rounded to the compute dtype before the gate
-  bool round_norm_before_gate() const { return core == Core::V1 && compute != DType::F32; }
+  // The dtype a boundary's values are rounded to (its table row under this core).
+  DType at(Boundary b) const;
+  // Rounds t in place to at(b) (saturating f16 under core v0), then, when watching, records the first
+  // non-finite boundary. The one place the policy's rounding happens.
+  void apply(const ExecContext& ctx, Boundary b, Tensor& t) const;
+  bool reduced() const { return compute != DType::F32; }
+  // Names where the network is for the watch's report (no-op when not watching).
+  void scope(const std::string& where) const {
+    if (watch) watch->scope = where;
+  }
 };
 
 }  // namespace mambacv::detail

@@ -9,6 +9,8 @@
 
 namespace mambacv::ssm {
 
+using detail::Boundary;
+
 const char* ss2d_supported_forward_types() { return "v0, v2, v3, v05, v0_noz, v2_noz, v3_noz, v05_noz"; }
 
 SS2DForwardType parse_ss2d_forward_type(const std::string& s, const std::string& where) {
@@ -65,14 +67,6 @@ SS2DWeights ss2d_prepare(const SS2DParams& p) {
   return w;
 }
 
-namespace {
-// Rounds every value of t (f32) to `dt` and back, in place (the precision policy's rounding points).
-void round_through(Tensor& t, DType dt) {
-  if (dt == DType::F32) return;
-  t = t.to(dt).to(DType::F32);
-}
-}  // namespace
-
 Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& w, const SS2DOrders& orders,
                     const detail::Policy& policy, Tensor* residual) {
   const int64_t K = kSS2DDirections, C = w.d_model, Dd = w.d_inner, N = w.d_state, R = w.dt_rank;
@@ -86,11 +80,14 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   // xin (B, H, W, Dd) = x @ in_proj[0:Dd]^T;  z (B, H, W, Dd) = silu(x @ in_proj[Dd:2Dd]^T)
   Tensor xin = ctx.empty({B, H, W, Dd});
   ops::linear(ctx, x, w.in_x, xin);
+  policy.apply(ctx, Boundary::Activation, xin);
   Tensor z;
   if (w.with_z) {
     z = ctx.empty({B, H, W, Dd});
     ops::linear(ctx, x, w.in_z, z);
+    policy.apply(ctx, Boundary::Activation, z);
     ops::activate(ctx, ops::Act::Silu, z);
+    policy.apply(ctx, Boundary::Activation, z);
   }
 
   // u (B, H, W, Dd) = silu(depthwise conv(xin))
@@ -103,31 +100,32 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
     u = xin;
     ops::activate(ctx, ops::Act::Silu, u);
   }
+  policy.apply(ctx, Boundary::Activation, u);  // the fused conv + silu rounds once, at its output
 
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
   Tensor xdbl = ctx.empty({B, L, K * P});
   ops::linear(ctx, u, w.x_proj, xdbl);
+  policy.apply(ctx, Boundary::Activation, xdbl);
   // delta (K, B, L, Dd): delta[k] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
   Tensor delta = ctx.empty({K, B, L, Dd});
   ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
+  policy.apply(ctx, Boundary::Activation, delta);
 
-  // scan inputs in the policy's dtype (core v0: fp32; core v1: the compute dtype)
-  const DType in_t = policy.scan_input_dtype();
-  Tensor u_s = in_t == DType::F32 ? u : u.to(in_t);
-  Tensor delta_s = in_t == DType::F32 ? delta : delta.to(in_t);
-  Tensor xdbl_s = in_t == DType::F32 ? xdbl : xdbl.to(in_t);
-  const size_t es = dtype_size(in_t);
-  auto at = [es](const Tensor& t, int64_t off) { return static_cast<const char*>(t.raw()) + off * es; };
+  // scan inputs in their rows' dtypes (core v0: fp32; core v1: the compute dtype); B and C share x_dbl's storage
+  const DType u_t = policy.at(Boundary::ScanU), dl_t = policy.at(Boundary::ScanDelta);
+  const DType bc_t = policy.at(Boundary::ScanB);
+  MAMBACV_CHECK(policy.at(Boundary::ScanC) == bc_t, "ss2d: the policy must read B and C in one dtype");
+  const Tensor u_s = as_dtype(u, u_t), delta_s = as_dtype(delta, dl_t), xdbl_s = as_dtype(xdbl, bc_t);
 
   // y (B, L, Dd) = the four directions merged (fp32), with the D skip (sum of the four Ds) once
   Tensor y = ctx.empty({B, L, Dd});
-  ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.scan_direction_round());
+  ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.at(Boundary::ScanOut));
   for (int64_t k = 0; k < K; ++k) {
     ScanDirection d;
-    d.u = token_major(u_s.raw(), in_t, L, Dd);
-    d.delta = token_major(at(delta_s, k * B * L * Dd), in_t, L, Dd);
-    d.B = token_major_bc(at(xdbl_s, k * P + R), in_t, L, K * P);
-    d.C = token_major_bc(at(xdbl_s, k * P + R + N), in_t, L, K * P);
+    d.u = token_major(u_s.raw(), u_t, L, Dd);
+    d.delta = token_major(element_at(delta_s, k * B * L * Dd), dl_t, L, Dd);
+    d.B = token_major_bc(element_at(xdbl_s, k * P + R), bc_t, L, K * P);
+    d.C = token_major_bc(element_at(xdbl_s, k * P + R + N), bc_t, L, K * P);
     d.A = w.A.f32() + k * Dd * N;
     d.D = k == 0 ? w.D_sum.f32() : nullptr;
     d.delta_bias = w.dt_proj_b.f32() + k * Dd;
@@ -137,16 +135,25 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   selective_scan(ctx, p);
 
   // y = out_norm(y) [* z];  out (+)= y @ out_proj^T
+  policy.apply(ctx, Boundary::Merge, y);
   ops::layer_norm(ctx, y, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y);
-  if (policy.round_norm_before_gate()) round_through(y, policy.compute);
-  if (w.with_z) ops::mul(ctx, y, z);
-  if (residual) {
+  policy.apply(ctx, Boundary::OutNorm, y);
+  if (w.with_z) {
+    ops::mul(ctx, y, z);
+    policy.apply(ctx, Boundary::Gate, y);
+  }
+  policy.apply(ctx, Boundary::OutProjIn, y);
+  if (residual && !policy.reduced()) {  // f32: out_proj accumulates straight into the residual
     ops::linear(ctx, y, w.out_proj, *residual, /*accumulate=*/true);
     return *residual;
   }
   Tensor out = ctx.empty({B, H, W, C});
   ops::linear(ctx, y, w.out_proj, out);
-  return out;
+  policy.apply(ctx, Boundary::OutProjOut, out);
+  if (!residual) return out;
+  ops::add(ctx, *residual, out);
+  policy.apply(ctx, Boundary::Residual, *residual);
+  return *residual;
 }
 
 }  // namespace mambacv::ssm

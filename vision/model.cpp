@@ -7,6 +7,7 @@
 
 #include "kernels/context.h"
 #include "kernels/host_allocator.h"
+#include "kernels/ops.h"
 #include "mambacv/mambacv.h"
 #include "vision/network.h"
 
@@ -24,9 +25,6 @@ detail::Policy make_policy(const Options& opt) {
                 "--device cuda: the CUDA model path is not implemented yet in this version; use --device cpu");
   MAMBACV_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::F16 || opt.dtype == DType::BF16,
                 "--dtype: expected f32, f16 or bf16, got " << dtype_name(opt.dtype));
-  MAMBACV_CHECK(opt.dtype == DType::F32, "--dtype " << dtype_name(opt.dtype)
-                                                    << ": reduced-precision compute is not implemented yet in this "
-                                                       "version; use --dtype f32");
   MAMBACV_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads,
                 "--threads: expected 0 (all cores) or a count up to " << kMaxThreads << ", got " << opt.threads);
   MAMBACV_CHECK(opt.host_cache_mb <= (1 << 20), "host_cache_mb: expected at most 1048576 (1 TiB), got "
@@ -60,10 +58,20 @@ class StatSink final : public TraceSink {
   bool timed_;
 };
 
-// Float weights converted to f32 host tensors (the compute copy; reduced-precision copies are made per policy).
-TensorMap to_host_f32(const TensorMap& w) {
+// Float weights as f32 host tensors holding values of the compute dtype: converted once at load, whatever the
+// file holds (f16 saturates at +-65504, so finite weights stay finite). The caller's tensors are never modified.
+TensorMap compute_weights(const TensorMap& w, DType compute) {
   TensorMap out;
-  for (const auto& [name, t] : w) out[name] = t.dtype() == DType::F32 ? t : t.to(DType::F32);
+  const ExecContext ctx = ExecContext::cpu(0);
+  for (const auto& [name, t] : w) {
+    if (!is_float(t.dtype())) {
+      out[name] = t;
+      continue;
+    }
+    Tensor c = t.dtype() == DType::F32 ? (compute == DType::F32 ? t : t.clone()) : t.to(DType::F32);
+    ops::round_to(ctx, compute, /*saturate=*/true, c);
+    out[name] = c;
+  }
   return out;
 }
 
@@ -87,7 +95,7 @@ Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Option
     MAMBACV_CHECK(is_float(t.dtype()) || t.dtype() == DType::I64,
                   source << ": tensor " << name << " has dtype " << dtype_name(t.dtype()) << ", expected a float type");
   check_weights_match(w, net->param_specs(), source + " (config " + cfg.name + ")");
-  net->bind(to_host_f32(w));
+  net->bind(compute_weights(w, opt.dtype));
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
 
@@ -137,7 +145,7 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
     }
     w[p.name] = t;
   }
-  net->bind(std::move(w));
+  net->bind(compute_weights(w, opt.dtype));
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
 

@@ -140,27 +140,39 @@ class VimNetwork final : public Network {
 
     // patch_embed: (B, 3, H, W) -> NHWC -> conv k=P stride S -> tokens (B, M, D) in raster order
     ctx.stage("patch_embed");
+    const detail::Policy& policy = call.policy;
+    policy.scope("patch_embed");
     Tensor patches = ops::conv2d(ctx, ops::nchw_to_nhwc(ctx, x), patch_embed_).reshape({B, M, D});
+    policy.apply(ctx, Boundary::Activation, patches);
     if (want.has("patch_embed")) out["patch_embed"] = patches.clone();
 
     // tokens (B, T, D): [t_0 .. t_{M/2-1}, cls, t_{M/2} ..] + pos_embed (interpolated to the grid if needed)
     const std::shared_ptr<const Tensor> pos =
         pos_cache_.get({gh, gw}, [&] { return position_embedding(ExecContext::cpu(ctx.threads), gh, gw); });
     Tensor residual = ops::insert_token_add(ctx, patches, cls_token_, cls_pos, *pos);
+    policy.apply(ctx, Boundary::Activation, residual);
 
     // layers: residual stream in fp32; h = Mixer(RMSNorm(residual)); residual += h (first layer: residual = x)
     Tensor normed = ctx.empty({B, T, D});
     Tensor h;
     for (size_t i = 0; i < layers_.size(); ++i) {
       ctx.stage("layers");
-      if (i > 0) ops::add(ctx, residual, h);
+      policy.scope("layers." + std::to_string(i));
+      if (i > 0) {
+        ops::add(ctx, residual, h);
+        policy.apply(ctx, Boundary::ResidualStream, residual);
+      }
       ops::rms_norm(ctx, residual, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed);
-      h = ssm::bimamba_v2_forward(ctx, normed, layers_[i].mixer, call.policy);
+      policy.apply(ctx, Boundary::Activation, normed);
+      h = ssm::bimamba_v2_forward(ctx, normed, layers_[i].mixer, policy);
       if (i == 0 && want.has("layers.0.mixer")) out["layers.0.mixer"] = h.clone();
     }
     ctx.stage("head");
+    policy.scope("head");
     ops::add(ctx, residual, h);
+    policy.apply(ctx, Boundary::ResidualStream, residual);
     ops::rms_norm(ctx, residual, norm_f_, static_cast<float>(cfg_.norm_eps), normed);
+    policy.apply(ctx, Boundary::Activation, normed);
 
     // features: the class token (B, D); tokens: the normed token map (B, D, gh, gw)
     Tensor feat = ops::take_token(ctx, normed, cls_pos);
@@ -172,6 +184,7 @@ class VimNetwork final : public Network {
     if (want.has("logits") && cfg_.num_classes > 0) {
       Tensor logits = ctx.empty({B, cfg_.num_classes});
       ops::linear(ctx, feat, head_, logits);
+      policy.apply(ctx, Boundary::Head, logits);
       out["logits"] = logits;
     }
     return out;

@@ -410,10 +410,15 @@ class VMambaNetwork final : public Network {
 
     // (B, 3, H, W) -> (B, H, W, 3) -> patch embedding (B, H', W', C0)
     ctx.stage("patch_embed");
+    const detail::Policy& policy = call.policy;
+    policy.scope("patch_embed");
     Tensor cur = ops::nchw_to_nhwc(ctx, x);
     for (size_t e = 0; e < embed_.size(); ++e) {
-      cur = conv_ln(ctx, cur, embed_[e], "patch_embed");
-      if (e + 1 < embed_.size()) ops::activate(ctx, ops::Act::Gelu, cur);
+      cur = conv_ln(ctx, cur, embed_[e], "patch_embed", policy);
+      if (e + 1 < embed_.size()) {
+        ops::activate(ctx, ops::Act::Gelu, cur);
+        policy.apply(ctx, Boundary::Activation, cur);
+      }
     }
     if (want.has("patch_embed")) emit_module_layout("patch_embed", cur);
 
@@ -429,21 +434,35 @@ class VMambaNetwork final : public Network {
       if (c.mlp_ratio > 0) hidden = ctx.empty({BL, c.mlp_hidden(i)});
       for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
         const Block& blk = blocks_[static_cast<size_t>(i)][j];
+        policy.scope("stage." + si + ".block." + std::to_string(j));
         // x += SS2D(norm(x))
         ops::layer_norm(ctx, cur, blk.norm_w, blk.norm_b, kLnEps, normed);
+        policy.apply(ctx, Boundary::Activation, normed);
         if (i == 0 && j == 0 && want.has("layers.0.blocks.0.op")) {
-          Tensor op = ssm::ss2d_forward(ctx, normed, blk.op, ord, call.policy);
+          Tensor op = ssm::ss2d_forward(ctx, normed, blk.op, ord, policy);
           emit_module_layout("layers.0.blocks.0.op", op);
           ops::add(ctx, cur, op);
+          policy.apply(ctx, Boundary::Residual, cur);
         } else {
-          ssm::ss2d_forward(ctx, normed, blk.op, ord, call.policy, &cur);
+          ssm::ss2d_forward(ctx, normed, blk.op, ord, policy, &cur);
         }
         // x += fc2(GELU(fc1(norm2(x))))
         if (c.mlp_ratio > 0) {
           ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed);
+          policy.apply(ctx, Boundary::Activation, normed);
           ops::linear(ctx, normed, blk.fc1, hidden);
+          policy.apply(ctx, Boundary::Mlp, hidden);
           ops::activate(ctx, ops::Act::Gelu, hidden);
-          ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
+          policy.apply(ctx, Boundary::Mlp, hidden);
+          if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
+            ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
+          } else {
+            Tensor mlp_out = ctx.empty(cur.shape());
+            ops::linear(ctx, hidden, blk.fc2, mlp_out);
+            policy.apply(ctx, Boundary::Mlp, mlp_out);
+            ops::add(ctx, cur, mlp_out);
+            policy.apply(ctx, Boundary::Residual, cur);
+          }
         }
       }
       if (api && !c.backbone) {
@@ -455,22 +474,28 @@ class VMambaNetwork final : public Network {
       if (c.backbone && on != outnorm_.end() && (api || want.has("features." + si))) {
         Tensor o = ctx.empty({B, H, W, C});
         ops::layer_norm(ctx, cur, on->second.first, on->second.second, kLnEps, o);
+        policy.apply(ctx, Boundary::Activation, o);
         out["features." + si] = ops::nhwc_to_nchw(ctx, o);
       }
       if (i + 1 < c.stages()) {
         ctx.stage("downsample." + si);
-        cur = downsample(ctx, cur, i);
+        policy.scope("downsample." + si);
+        cur = downsample(ctx, cur, i, policy);
       }
     }
 
     if (!c.backbone && c.num_classes > 0 && want.has("logits")) {
       ctx.stage("head");
+      policy.scope("head");
       const int64_t L = cur.dim(1) * cur.dim(2), C = cur.dim(3);
       Tensor normed = ctx.empty({B, L, C});
       ops::layer_norm(ctx, cur, cls_norm_w_, cls_norm_b_, kLnEps, normed);
+      policy.apply(ctx, Boundary::Activation, normed);
       Tensor pooled = ops::mean_tokens(ctx, normed);
+      policy.apply(ctx, Boundary::Activation, pooled);
       Tensor logits = ctx.empty({B, c.num_classes});
       ops::linear(ctx, pooled, head_, logits);
+      policy.apply(ctx, Boundary::Head, logits);
       out["logits"] = logits;
     }
     return out;
@@ -484,25 +509,30 @@ class VMambaNetwork final : public Network {
   };
 
   // conv then LayerNorm over its output channels: (B, H, W, Ci) -> (B, Ho, Wo, Co)
-  static Tensor conv_ln(const ExecContext& ctx, const Tensor& x, const ConvLn& cl, const char* what) {
+  static Tensor conv_ln(const ExecContext& ctx, const Tensor& x, const ConvLn& cl, const char* what,
+                        const detail::Policy& policy) {
     const int64_t H = x.dim(1), W = x.dim(2);
     const ops::Conv2dWeight& cw = cl.conv;
     MAMBACV_CHECK(ops::conv_out_size(H, cw.kh, cw.sh, cw.ph) >= 1 && ops::conv_out_size(W, cw.kw, cw.sw, cw.pw) >= 1,
                   "input: a " << H << "x" << W << " map is too small for the " << what << " convolution");
     Tensor y = ops::conv2d(ctx, x, cw);
+    policy.apply(ctx, Boundary::Activation, y);
     ops::layer_norm(ctx, y, cl.ln_w, cl.ln_b, kLnEps, y);
+    policy.apply(ctx, Boundary::Activation, y);
     return y;
   }
 
   // stage i's downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), dims[i+1])
-  Tensor downsample(const ExecContext& ctx, const Tensor& x, int64_t i) const {
+  Tensor downsample(const ExecContext& ctx, const Tensor& x, int64_t i, const detail::Policy& policy) const {
     const Downsample& d = down_[static_cast<size_t>(i)];
-    if (cfg_.downsample != "v1") return conv_ln(ctx, x, d.conv, "downsample");
+    if (cfg_.downsample != "v1") return conv_ln(ctx, x, d.conv, "downsample", policy);
     // v1, PatchMerging2D: zero-pad bottom/right to even, concat the four 2x2 phases -> LN(4C) -> Linear(4C -> Co)
     Tensor m = ops::patch_merge_2x2(ctx, x);
     ops::layer_norm(ctx, m, d.merge_ln_w, d.merge_ln_b, kLnEps, m);
+    policy.apply(ctx, Boundary::Activation, m);
     Tensor y = ctx.empty({m.dim(0), m.dim(1), m.dim(2), d.reduction.N});
     ops::linear(ctx, m, d.reduction, y);
+    policy.apply(ctx, Boundary::Activation, y);
     return y;
   }
 

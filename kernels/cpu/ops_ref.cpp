@@ -117,6 +117,19 @@ void rms_norm(const float* x, int64_t rows, int64_t C, const float* gamma, float
   }
 }
 
+float round_to(DType dt, bool saturate, float x) {
+  constexpr float kF16Max = 65504.0f;
+  switch (dt) {
+    case DType::F16:
+      if (saturate && !std::isnan(x)) x = std::min(kF16Max, std::max(-kF16Max, x));
+      return f16_to_f32(f32_to_f16(x));
+    case DType::BF16:
+      return bf16_to_f32(f32_to_bf16(x));
+    default:
+      return x;
+  }
+}
+
 float activate(Act a, float x) {
   const double v = x;
   switch (a) {
