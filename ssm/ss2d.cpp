@@ -52,6 +52,8 @@ SS2DWeights ss2d_prepare(const SS2DParams& p) {
   w.x_proj = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.x_proj), {K * P, Dd}, DType::F32));
   w.A = Tensor::empty({K * Dd, N});
   for (int64_t i = 0; i < K * Dd * N; ++i) w.A.f32()[i] = -std::exp(p.A_logs[i]);
+  w.Ds = Tensor::empty({K, Dd});
+  std::copy(p.Ds, p.Ds + K * Dd, w.Ds.f32());
   w.D_sum = Tensor::zeros({Dd});
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += p.Ds[k * Dd + c];
@@ -117,7 +119,9 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   MAMBACV_CHECK(policy.at(Boundary::ScanC) == bc_t, "ss2d: the policy must read B and C in one dtype");
   const Tensor u_s = as_dtype(u, u_t), delta_s = as_dtype(delta, dl_t), xdbl_s = as_dtype(xdbl, bc_t);
 
-  // y (B, L, Dd) = the four directions merged (fp32), with the D skip (sum of the four Ds) once
+  // y (B, L, Dd) = the four directions merged (fp32). The D skip: in f32 the sum of the four Ds once; when each
+  // direction's output is rounded (core v1 in f16 / bf16) every direction adds its own D before its rounding.
+  const bool per_dir_D = policy.at(Boundary::ScanOut) != DType::F32;
   Tensor y = ctx.empty({B, L, Dd});
   ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.at(Boundary::ScanOut));
   for (int64_t k = 0; k < K; ++k) {
@@ -127,7 +131,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
     d.B = token_major_bc(element_at(xdbl_s, k * P + R), bc_t, L, K * P);
     d.C = token_major_bc(element_at(xdbl_s, k * P + R + N), bc_t, L, K * P);
     d.A = w.A.f32() + k * Dd * N;
-    d.D = k == 0 ? w.D_sum.f32() : nullptr;
+    d.D = per_dir_D ? w.Ds.f32() + k * Dd : k == 0 ? w.D_sum.f32() : nullptr;
     d.delta_bias = w.dt_proj_b.f32() + k * Dd;
     d.order = orders[static_cast<size_t>(k)];
     p.dirs.push_back(d);

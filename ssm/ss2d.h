@@ -78,6 +78,7 @@ struct SS2DWeights {
   std::vector<ops::PackedWeight> dt_proj;  // K of (Dd, R)
   Tensor dt_proj_b;               // (K*Dd)
   Tensor A;                       // (K*Dd, N) = -exp(A_logs)
+  Tensor Ds;                      // (K, Dd)
   Tensor D_sum;                   // (Dd) = sum_k Ds[k*Dd + c]
   Tensor out_norm_w, out_norm_b;  // (Dd)
   ops::PackedWeight out_proj;     // (C, Dd)
@@ -95,7 +96,9 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
 
 // Plain reference (ssm/ss2d_ref.cpp): materialises the four direction copies xs (B, K, Dd, L) exactly as upstream
 // CrossScan, runs selective_scan_ref per direction with its own D, and merges with the closed-form CrossMerge
-// index formula. Scalar reference ops throughout; fp32. For tests only (slow).
-void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out);
+// index formula. Scalar reference ops throughout, with the policy's rounding placed by hand at the same boundaries
+// as ss2d_forward (through the scalar conversions). For tests only (slow).
+void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out,
+                      const detail::Policy& policy = detail::Policy{});
 
 }  // namespace mambacv::ssm

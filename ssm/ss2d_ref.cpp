@@ -10,10 +10,18 @@
 
 namespace mambacv::ssm {
 
-void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out) {
+void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2DParams& w, float* out,
+                      const detail::Policy& policy) {
   const int64_t K = kSS2DDirections, C = w.d_model, Dd = w.d_inner, N = w.d_state, R = w.dt_rank;
   const int64_t L = H * W, P = R + 2 * N;
   auto silu = [](float v) { return v / (1.0f + std::exp(-v)); };
+  // the policy's rounding, element by element through the scalar conversions
+  const bool saturate = policy.core == Core::V0;
+  auto round = [&](detail::Boundary b, float* v, size_t n) {
+    const DType dt = policy.at(b);
+    for (size_t i = 0; i < n; ++i) v[i] = ops::ref::round_to(dt, saturate, v[i]);
+  };
+  using detail::Boundary;
   std::vector<float> A(static_cast<size_t>(K * Dd * N));
   for (size_t i = 0; i < A.size(); ++i) A[i] = -std::exp(w.A_logs[i]);
 
@@ -21,6 +29,7 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
   const int64_t Dp = w.with_z ? 2 * Dd : Dd;
   std::vector<float> xz(static_cast<size_t>(B * L * Dp));
   ops::ref::gemm(B * L, Dp, C, x, C, w.in_proj, C, true, xz.data(), Dp);
+  round(Boundary::Activation, xz.data(), xz.size());
   std::vector<float> xi(static_cast<size_t>(B * L * Dd)), u(static_cast<size_t>(B * L * Dd));
   for (int64_t r = 0; r < B * L; ++r)
     for (int64_t c = 0; c < Dd; ++c) xi[r * Dd + c] = xz[r * Dp + c];
@@ -32,6 +41,7 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
     u = xi;
   }
   for (float& v : u) v = silu(v);
+  round(Boundary::Activation, u.data(), u.size());
 
   // CrossScan: xs (B, K, Dd, L), channel-major as upstream
   std::vector<float> xs(static_cast<size_t>(B * K * Dd * L));
@@ -54,7 +64,9 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
     for (int64_t k = 0; k < K; ++k) {
       const float* xk = &XS(b, k, 0, 0);
       ops::ref::gemm(P, L, Dd, w.x_proj + k * P * Dd, Dd, xk, L, /*trans_b=*/false, xdbl.data(), L);
+      round(Boundary::Activation, xdbl.data(), xdbl.size());
       ops::ref::gemm(Dd, L, R, w.dt_proj_w + k * Dd * R, R, xdbl.data(), L, /*trans_b=*/false, dts.data(), L);
+      round(Boundary::Activation, dts.data(), dts.size());
       ScanParams p;
       p.batch = 1;
       p.dim = Dd;
@@ -62,6 +74,7 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
       p.N = N;
       p.groups = 1;
       p.delta_softplus = true;
+      p.dir_round = policy.at(Boundary::ScanOut);
       p.out = ys.data() + (b * K + k) * Dd * L;
       p.osb = Dd * L;
       p.osc = L;
@@ -90,11 +103,21 @@ void ss2d_forward_ref(const float* x, int64_t B, int64_t H, int64_t W, const SS2
         }
 
   // out_norm, gate with silu(z), out_proj
+  round(Boundary::Merge, y.data(), y.size());
   ops::ref::layer_norm(y.data(), B * L, Dd, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y.data());
-  if (w.with_z)
+  round(Boundary::OutNorm, y.data(), y.size());
+  if (w.with_z) {
     for (int64_t r = 0; r < B * L; ++r)
-      for (int64_t c = 0; c < Dd; ++c) y[r * Dd + c] *= silu(xz[r * Dp + Dd + c]);
+      for (int64_t c = 0; c < Dd; ++c) {
+        float g = silu(xz[r * Dp + Dd + c]);
+        round(Boundary::Activation, &g, 1);  // silu(z) is an op output of its own
+        y[r * Dd + c] *= g;
+      }
+    round(Boundary::Gate, y.data(), y.size());
+  }
+  round(Boundary::OutProjIn, y.data(), y.size());
   ops::ref::gemm(B * L, C, Dd, y.data(), Dd, w.out_proj, Dd, true, out, C);
+  round(Boundary::OutProjOut, out, static_cast<size_t>(B * L * C));
 }
 
 }  // namespace mambacv::ssm

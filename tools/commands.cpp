@@ -5,6 +5,7 @@ namespace mambacv::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
       {"verify", cmd_verify},
+      {"check-cores", cmd_check_cores},
       {"bench", cmd_bench},
       {"info", cmd_info},
       {"classify", cmd_classify},

@@ -24,6 +24,7 @@ int cmd_info(const std::vector<std::string>& args);
 int cmd_classify(const std::vector<std::string>& args);
 int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
+int cmd_check_cores(const std::vector<std::string>& args);
 
 // Shared helpers of the commands (tools/machine.cpp).
 // Monotonic seconds, for timings.

@@ -13,6 +13,7 @@ void usage(FILE* f) {
                "usage: mambacv <command> [options]\n"
                "commands:\n"
                "  verify FIXTURE.json   run a golden fixture and compare every tensor the model produces\n"
+               "  check-cores --model M run both scan cores on one input: differences between them and to f32\n"
                "  classify INPUT...     top-k classes of images (files, folders, @list.txt)\n"
                "  features INPUT... -o F per-image feature maps or pooled vectors into a safetensors file\n"
                "  detect INPUT...       instance detection + masks (Mask R-CNN): boxes, labels, scores, COCO RLE\n"

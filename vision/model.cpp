@@ -170,7 +170,17 @@ std::map<std::string, Tensor> Model::run(const Tensor& x, const std::vector<std:
   call.policy = make_policy(opt_);
   call.wanted.names.insert(wanted.begin(), wanted.end());
   call.detection = detection;
-  return net_->forward(ctx, call);
+  if (!opt_.check_finite) return net_->forward(ctx, call);
+  detail::FiniteWatch watch;
+  call.policy.watch = &watch;
+  std::map<std::string, Tensor> out = net_->forward(ctx, call);
+  for (const auto& [name, t] : out)  // outputs produced past the last boundary (features, stage maps)
+    if (!watch.found && t.dtype() == DType::F32 && !ops::all_finite(ctx, t)) {
+      watch.found = true;
+      watch.first = "output " + name;
+    }
+  MAMBACV_CHECK(!watch.found, "non-finite values (NaN or Inf) first at " << watch.first);
+  return out;
 }
 
 Tensor Model::classify(const Tensor& x) const {

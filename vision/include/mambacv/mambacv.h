@@ -34,6 +34,9 @@ struct Options {
   // Idle memory (MiB) this model keeps for reuse between calls: < 0 shares the process default cache
   // (MAMBACV_HOST_CACHE_MB, default 1024); >= 0 gives the model its own cache bounded by that (0: none).
   int host_cache_mb = -1;
+  // Check every precision-policy boundary of each forward pass for NaN / Inf: a call that produces one throws
+  // Error naming the first boundary ("non-finite values first at stage.2.block.1 scan_out (core v1, f16)").
+  bool check_finite = false;
 };
 
 // Time, FLOPs and bytes of one op type within one part of the network ("patch_embed", "stage.0", "layers",
@@ -119,5 +122,24 @@ class Model {
   Options opt_;
   std::shared_ptr<HostAllocator> alloc_;  // null: the process default
 };
+
+// Both scan cores on the same weights and input (MODELS.md §3.4), `mambacv check-cores`: for every tensor
+// forward_all produces, the difference between the cores in `dtype` and of each against an f32 run (core v0).
+struct CoreCheckRow {
+  std::string tensor;   // "stage.0", "logits", "features", ...
+  Compare v1_vs_v0;     // compare(core v1, core v0), both in dtype
+  Compare v0_vs_f32;    // compare(core v0 in dtype, f32)
+  Compare v1_vs_f32;    // compare(core v1 in dtype, f32)
+};
+struct CoreCheckReport {
+  DType dtype = DType::F32;
+  double tolerance = 0;  // allowed relative L2 between the cores: 1e-5 (f32), 1e-2 (f16), 4e-2 (bf16)
+  std::vector<CoreCheckRow> rows;
+  int64_t top1_agree = 0, top1_total = 0;  // classifiers: batch items whose top-1 class the two cores share
+  bool passed = false;  // every row within tolerance and every value of both cores finite
+};
+// weights: the model's tensors, or null for random weights (Model::random, seed 0). x (B, 3, H, W) f32.
+CoreCheckReport check_cores(const ModelConfig& config, const TensorMap* weights, const Tensor& x, DType dtype,
+                            int threads = 0);
 
 }  // namespace mambacv
