@@ -99,6 +99,7 @@ Options Args::model_options() const {
   if (has("dtype")) o.dtype = parse_compute_dtype(get("dtype"));
   if (has("core")) o.core = parse_core(get("core"));
   o.threads = get_int("threads", 0);
+  o.check_finite = has("check-finite");
   MAMBACV_CHECK(o.threads >= 0 && o.threads <= 1024,
                 "--threads: expected 0 (all cores) or a count up to 1024, got " << o.threads);
   return o;

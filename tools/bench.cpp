@@ -16,6 +16,7 @@ namespace {
 const char* kBenchHelp =
     "usage: mambacv bench --model M [--weights W] [--batch 1,8,32] [--size 224] [--warmup N] [--iters N] [--json]\n"
     "                     [--per-op] [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
+    "                     [--check-finite]\n"
     "Times the forward pass (classification logits, or the backbone's features) on random inputs; random weights\n"
     "when --weights is not given. Prints the CPU, the ISA each kernel family dispatched to, the machine's measured\n"
     "fp32 FMA peak (an FMA loop on all the threads) and the library GEMM's rate; then per batch size the median /\n"
@@ -40,7 +41,7 @@ Model load_or_random(const Args& args, const Options& opt) {
 int cmd_bench(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "batch", "size", "warmup", "iters"});
-  Args args("bench", argv, valued, {"json", "per-op", "gemm", "help"});
+  Args args("bench", argv, valued, {"json", "per-op", "gemm", "help", "check-finite"});
   if (args.has("help")) {
     std::fputs(kBenchHelp, stdout);
     return 0;
@@ -69,6 +70,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("model %s  device %s  dtype %s  core %s  threads %d  size %d  weights %s\n", name.c_str(),
                 device_name(opt.device), dtype_name(opt.dtype), core_name(opt.core), threads, size,
                 args.has("weights") ? args.get("weights").c_str() : "random");
+    std::printf("precision: %s\n", precision_path(opt.dtype).c_str());
     machine.print();
     std::printf("model: %.3f GFLOP per image\n", gflop);
     std::printf("%6s %10s %10s %10s %10s %10s %8s %8s\n", "batch", "median_ms", "min_ms", "max_ms", "images/s",
@@ -103,7 +105,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     if (per_op) ops_table = model.profile(x);
     if (json) {
       nlohmann::ordered_json j = {{"model", name},        {"device", device_name(opt.device)},
-                          {"dtype", dtype_name(opt.dtype)}, {"core", core_name(opt.core)},
+                          {"dtype", dtype_name(opt.dtype)}, {"precision_path", precision_path(opt.dtype)},
+                          {"core", core_name(opt.core)},
                           {"batch", b},           {"size", size},
                           {"threads", threads},   {"median_ms", median},
                           {"min_ms", sorted.front()}, {"max_ms", sorted.back()},

@@ -15,6 +15,7 @@ namespace {
 const char* kClassifyHelp =
     "usage: mambacv classify --model M --weights W [--topk 5] [--batch N] [--json] [--labels FILE] INPUT...\n"
     "                        [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
+    "                        [--check-finite]\n"
     "INPUT: image files (PNG, JPEG, BMP, TIFF, WebP, ...), folders (searched recursively) or @list.txt (one path\n"
     "per line). Images get the upstream eval transform (shorter side to size/0.875 with antialiased bicubic,\n"
     "center crop, ImageNet mean/std). Prints the top-k classes with probabilities per image; --json prints one\n"
@@ -47,7 +48,7 @@ std::vector<std::pair<int, float>> top_k(const float* logits, int n, int k) {
 int cmd_classify(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "topk", "batch", "labels"});
-  Args args("classify", argv, valued, {"json", "help"});
+  Args args("classify", argv, valued, {"json", "help", "check-finite"});
   if (args.has("help")) {
     std::fputs(kClassifyHelp, stdout);
     return 0;

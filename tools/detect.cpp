@@ -85,7 +85,7 @@ void draw(const std::string& path, const Image& image, const DetectionResult& r,
 int cmd_detect(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "score-thr", "draw", "max-size"});
-  Args args("detect", argv, valued, {"json", "help", "no-masks", "profile", "random-weights"});
+  Args args("detect", argv, valued, {"json", "help", "no-masks", "profile", "random-weights", "check-finite"});
   if (args.has("help")) {
     std::fputs(kDetectHelp, stdout);
     return 0;

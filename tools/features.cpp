@@ -12,6 +12,7 @@ namespace {
 const char* kFeaturesHelp =
     "usage: mambacv features --model M --weights W [--pool] [--batch N] INPUT... -o out.safetensors\n"
     "                        [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
+    "                        [--check-finite]\n"
     "Writes each image's features as tensors named \"<i>/<feature>\" (i = the image's position among the inputs\n"
     "that were read): VMamba \"stage.0\"..\"stage.3\" (C, H, W), backbones \"features.0\"..\"features.3\", Vim \"cls\" (D)\n"
     "and \"tokens\" (D, gh, gw). --pool replaces every map by its global average (C). The file's metadata holds\n"
@@ -37,7 +38,7 @@ Tensor pool_one(const Tensor& t) {
 int cmd_features(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "batch", "output"});
-  Args args("features", argv, valued, {"pool", "help"});
+  Args args("features", argv, valued, {"pool", "help", "check-finite"});
   if (args.has("help")) {
     std::fputs(kFeaturesHelp, stdout);
     return 0;

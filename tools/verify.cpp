@@ -29,7 +29,7 @@ bool required_output(const std::string& n) {
 int cmd_verify(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert("weights");
-  Args args("verify", argv, valued, {"help"});
+  Args args("verify", argv, valued, {"help", "check-finite"});
   if (args.has("help")) {
     std::fputs(kVerifyHelp, stdout);
     return 0;

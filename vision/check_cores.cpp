@@ -15,6 +15,13 @@ int64_t argmax_row(const Tensor& logits, int64_t b) {
 }
 }  // namespace
 
+std::string precision_path(DType dtype) {
+  if (dtype == DType::F32) return "f32";
+  return std::string(dtype_name(dtype)) +
+         " emulated: f32 arithmetic on values rounded to " + dtype_name(dtype) +
+         " at the policy's boundaries; weights rounded at load, stored f32";
+}
+
 CoreCheckReport check_cores(const ModelConfig& config, const TensorMap* weights, const Tensor& x, DType dtype,
                             int threads) {
   auto make = [&](DType dt, Core core) {
