@@ -32,25 +32,35 @@ void require_f32(const char* op, std::initializer_list<Operand> operands);
 // ---- matrix products --------------------------------------------------------------------------------------------
 // A weight matrix prepared once, at load, for the GEMM backend that cpu_isa() selects: W (N, K) for y = x @ W^T
 // (PyTorch Linear layout), packed into panels of `nr` columns (K x nr, k-major, zero-padded) for the AVX-512 /
-// AVX2 kernels, or kept as a plain (N, K) copy for the portable one. Optional bias (N).
+// AVX2 kernels, or kept as a plain (N, K) f32 copy for the portable one. Optional bias (N, f32).
+// storage: the panels' element type. f16 / bf16 halve the weight memory; the kernels widen them to f32 as they
+// load (products and sums in f32). bf16 on an AVX-512 CPU with AVX512_BF16 takes the dot-product kernel instead
+// (bf16_dot: vdpbf16ps, two k per instruction, A converted to bf16 per call; panels hold k pairs).
 struct PackedWeight {
   int64_t N = 0, K = 0;
   cpu::Isa isa = cpu::Isa::Generic;
-  int nr = 0;     // panel width (32 avx512, 16 avx2, 0 generic)
-  Tensor panels;  // ceil(N / nr) * K * nr floats (nr > 0)
-  Tensor plain;   // (N, K) (nr == 0)
-  Tensor bias;    // (N) or undefined
+  int nr = 0;                    // panel width (32 avx512, 16 avx2, 0 generic)
+  DType storage = DType::F32;    // panels' element type (F32 for the generic backend)
+  bool bf16_dot = false;         // bf16 panels for the AVX512_BF16 kernel (k pairs)
+  Tensor panels;                 // ceil(N / nr) * K * nr values (nr > 0); bf16_dot: ceil(N/nr) * ceil(K/2) * nr * 2
+  Tensor plain;                  // (N, K) (nr == 0)
+  Tensor bias;                   // (N) or undefined
   bool defined() const { return N > 0; }
 };
 // B (N, K) with row stride ldb when trans_b, else B (K, N) (op(B) = B^T (K x N) either way); bias (N) or null.
 PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                         const float* bias = nullptr);
+                         const float* bias = nullptr, DType storage = DType::F32);
+// Whether bf16 weights take the AVX512_BF16 dot-product kernel: Auto when it measured faster than the widening
+// kernel on this CPU (timed once per process; MAMBACV_BF16_DOT=0|1 decides instead), or as told (tests).
+enum class DotKernel { Auto, Never, Always };
+// true when this CPU has AVX512_BF16 and its dot-product kernel beats widening bf16 to f32 (see DotKernel)
+bool bf16_dot_pays();
 // The same for a given kernel family instead of cpu_isa()'s (tests run every family on one machine; an ISA above
 // detected_isa() is refused).
 PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                             const float* bias = nullptr);
+                             const float* bias = nullptr, DType storage = DType::F32, DotKernel dot = DotKernel::Auto);
 // W (N, K) f32 [+ bias (N)].
-PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor());
+PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType storage = DType::F32);
 
 // y (rows, N) (=|+=) x (rows, K) @ W^T + W.bias, over the last dimension of x and y (all leading dims are rows).
 // accumulate: y += the product (the bias is added too).
@@ -80,7 +90,8 @@ struct Conv2dWeight {
   std::vector<PackedWeight> taps; // kh*kw of (Cout, Cin) for the shifted-GEMM algorithm
   bool shifted() const { return !taps.empty(); }
 };
-Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw, int ph, int pw);
+Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw, int ph, int pw,
+                            DType storage = DType::F32);  // storage: as PackedWeight
 inline int64_t conv_out_size(int64_t in, int k, int s, int p) { return (in + 2 * p - k) / s + 1; }
 // x (B, H, W, Cin) -> y (B, Ho, Wo, Cout), Ho = (H + 2ph - kh) / sh + 1; relu applies max(0, .) after the bias.
 Tensor conv2d(const ExecContext& ctx, const Tensor& x, const Conv2dWeight& w, bool relu = false);

@@ -14,10 +14,11 @@ std::vector<int32_t> reversed_order(int64_t L) {
   return o;
 }
 
-void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w) {
+void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w,
+                       DType gemm_storage) {
   d.A = Tensor::empty(A_log.shape());
   for (int64_t j = 0; j < A_log.numel(); ++j) d.A.f32()[j] = -std::exp(A_log.f32()[j]);
-  d.dt_proj = {ops::pack_linear(dt_proj_w)};
+  d.dt_proj = {ops::pack_linear(dt_proj_w, Tensor(), gemm_storage)};
 }
 
 Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMambaWeights& w,

@@ -33,7 +33,8 @@ struct BiMambaWeights {
 };
 
 // Fills a direction's prepared tensors from the checkpoint's: A_log (E, N), dt_proj.weight (E, R).
-void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w);
+void prepare_direction(MambaDirectionWeights& d, const Tensor& A_log, const Tensor& dt_proj_w,
+                       DType gemm_storage = DType::F32);
 
 // h (B, T, D) -> (B, T, D). Workspace from ctx; safe to call from several threads.
 Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMambaWeights& w,

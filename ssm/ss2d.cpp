@@ -33,7 +33,7 @@ SS2DForwardType parse_ss2d_forward_type(const std::string& s, const std::string&
   return t;
 }
 
-SS2DWeights ss2d_prepare(const SS2DParams& p) {
+SS2DWeights ss2d_prepare(const SS2DParams& p, DType gemm_storage) {
   const int64_t K = kSS2DDirections, C = p.d_model, Dd = p.d_inner, N = p.d_state, R = p.dt_rank;
   const int64_t P = R + 2 * N;
   MAMBACV_CHECK(C > 0 && Dd > 0 && N > 0 && R > 0 && p.in_proj && p.x_proj && p.A_logs && p.Ds && p.dt_proj_w &&
@@ -42,14 +42,18 @@ SS2DWeights ss2d_prepare(const SS2DParams& p) {
   SS2DWeights w;
   w.d_model = C, w.d_inner = Dd, w.d_state = N, w.dt_rank = R, w.d_conv = p.d_conv, w.with_z = p.with_z;
   w.out_norm_eps = p.out_norm_eps;
-  w.in_x = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.in_proj), {Dd, C}, DType::F32));
-  if (p.with_z) w.in_z = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.in_proj + Dd * C), {Dd, C}, DType::F32));
+  // a (n, k) PyTorch Linear weight packed for the GEMM
+  auto linear = [gemm_storage](const float* wt, int64_t n, int64_t k) {
+    return ops::pack_weight(wt, k, /*trans_b=*/true, n, k, nullptr, gemm_storage);
+  };
+  w.in_x = linear(p.in_proj, Dd, C);
+  if (p.with_z) w.in_z = linear(p.in_proj + Dd * C, Dd, C);
   if (p.d_conv > 1) {
     Tensor cw = Tensor::view_of(const_cast<float*>(p.conv_w), {Dd, 1, p.d_conv, p.d_conv}, DType::F32);
     Tensor cb = p.conv_b ? Tensor::view_of(const_cast<float*>(p.conv_b), {Dd}, DType::F32) : Tensor();
     w.conv = ops::prepare_depthwise(cw, cb);
   }
-  w.x_proj = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.x_proj), {K * P, Dd}, DType::F32));
+  w.x_proj = linear(p.x_proj, K * P, Dd);
   w.A = Tensor::empty({K * Dd, N});
   for (int64_t i = 0; i < K * Dd * N; ++i) w.A.f32()[i] = -std::exp(p.A_logs[i]);
   w.Ds = Tensor::empty({K, Dd});
@@ -58,14 +62,14 @@ SS2DWeights ss2d_prepare(const SS2DParams& p) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Dd; ++c) w.D_sum.f32()[c] += p.Ds[k * Dd + c];
   for (int64_t k = 0; k < K; ++k)
-    w.dt_proj.push_back(ops::pack_weight(p.dt_proj_w + k * Dd * R, R, /*trans_b=*/true, Dd, R));
+    w.dt_proj.push_back(linear(p.dt_proj_w + k * Dd * R, Dd, R));
   w.dt_proj_b = Tensor::empty({K * Dd});
   std::copy(p.dt_proj_b, p.dt_proj_b + K * Dd, w.dt_proj_b.f32());
   w.out_norm_w = Tensor::empty({Dd});
   w.out_norm_b = Tensor::empty({Dd});
   std::copy(p.out_norm_w, p.out_norm_w + Dd, w.out_norm_w.f32());
   std::copy(p.out_norm_b, p.out_norm_b + Dd, w.out_norm_b.f32());
-  w.out_proj = ops::pack_linear(Tensor::view_of(const_cast<float*>(p.out_proj), {C, Dd}, DType::F32));
+  w.out_proj = linear(p.out_proj, C, Dd);
   return w;
 }
 

@@ -83,7 +83,7 @@ struct SS2DWeights {
   Tensor out_norm_w, out_norm_b;  // (Dd)
   ops::PackedWeight out_proj;     // (C, Dd)
 };
-SS2DWeights ss2d_prepare(const SS2DParams& p);
+SS2DWeights ss2d_prepare(const SS2DParams& p, DType gemm_storage = DType::F32);
 
 // The four direction orders over the row-major tokens of one H x W map (each a permutation of 0..H*W-1).
 using SS2DOrders = std::array<const int32_t*, kSS2DDirections>;

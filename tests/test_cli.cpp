@@ -74,6 +74,7 @@ void expect_one_line_error(const std::string& args, const std::string& needle) {
 // ---- classify ------------------------------------------------------------------------------------------------------
 
 TEST(CliClassify, DeterministicJsonLines) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string cmd = cli("classify --json --topk 3" + model_args() + " " + q(fixture("images")));
   int rc1 = -1, rc2 = -1;
   const std::string a = stdout_of(cmd, &rc1), b = stdout_of(cmd, &rc2);
@@ -120,6 +121,7 @@ TEST(CliClassify, DeterministicJsonLines) {
 }
 
 TEST(CliClassify, BrokenImageInABatch) {
+  MAMBACV_REQUIRE_FIXTURES();
   const fs::path dir = temp_dir("cli_classify_broken");
   fs::copy_file(fixture("images/chelsea.png"), dir / "a_good.png");
   std::ofstream(dir / "b_broken.png") << "garbage, not a PNG at all";
@@ -155,6 +157,7 @@ TEST(CliClassify, BrokenImageInABatch) {
 }
 
 TEST(CliClassify, RecursiveFoldersAndListFiles) {
+  MAMBACV_REQUIRE_FIXTURES();
   const fs::path dir = temp_dir("cli_classify_inputs");
   fs::create_directories(dir / "tree" / "x" / "y");
   fs::copy_file(fixture("images/chelsea.png"), dir / "tree" / "top.png");
@@ -196,6 +199,7 @@ TEST(CliClassify, RecursiveFoldersAndListFiles) {
 // ---- features ------------------------------------------------------------------------------------------------------
 
 TEST(CliFeatures, MapsAndPooledVectorsMatchTheApi) {
+  MAMBACV_REQUIRE_FIXTURES();
   const fs::path dir = temp_dir("cli_features");
   const std::string maps = (dir / "maps.safetensors").string(), pooled = (dir / "pooled.safetensors").string();
   const std::vector<std::string> images = {fixture("images/chelsea.png"), fixture("images/coffee_small.jpg")};
@@ -261,6 +265,7 @@ TEST(CliFeatures, MapsAndPooledVectorsMatchTheApi) {
 // ---- bench ---------------------------------------------------------------------------------------------------------
 
 TEST(CliBench, JsonLinesWithEveryField) {
+  MAMBACV_REQUIRE_FIXTURES();
   int rc = -1;
   const std::string out =
       stdout_of(cli("bench --json --iters 1 --warmup 0 --batch 1,2 --model " + q(fixture("vim_mini.json"))), &rc);
@@ -298,6 +303,7 @@ TEST(CliBench, JsonLinesWithEveryField) {
 }
 
 TEST(CliBench, PerOpTableAndGemmShapes) {
+  MAMBACV_REQUIRE_FIXTURES();
   int rc = -1;
   std::string out = stdout_of(
       cli("bench --json --per-op --iters 1 --warmup 0 --batch 1 --threads 2 --model " + q(fixture("vmamba_v2_mini.json"))),
@@ -333,6 +339,7 @@ TEST(CliBench, PerOpTableAndGemmShapes) {
 // ---- info ----------------------------------------------------------------------------------------------------------
 
 TEST(CliInfo, ParametersFlopsShapesAndWeightMismatch) {
+  MAMBACV_REQUIRE_FIXTURES();
   std::string out;
   ASSERT_EQ(run_command(cli("info" + model_args()), &out), 0) << out;
   EXPECT_NE(out.find("parameters  214154"), std::string::npos) << out;  // vim_mini
@@ -356,6 +363,7 @@ TEST(CliInfo, ParametersFlopsShapesAndWeightMismatch) {
 // ---- argument errors -----------------------------------------------------------------------------------------------
 
 TEST(CliArgs, UnknownOptionsAndMissingModel) {
+  MAMBACV_REQUIRE_FIXTURES();
   for (const char* cmd : {"classify", "features", "bench", "info"}) {
     SCOPED_TRACE(cmd);
     expect_one_line_error(std::string(cmd) + " --model " + q(fixture("vim_mini.json")) + " --no-such-option 3",

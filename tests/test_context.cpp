@@ -68,6 +68,7 @@ int max_team(const std::vector<OpStat>& ops) {
 }
 
 TEST(Context, ModelsWithDifferentThreadBudgetsRunSideBySide) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string cfg = test::fixture("vim_mini.json"), w = test::fixture("vim_mini.weights.safetensors");
   Options o1, o3;
   o1.threads = 1;
@@ -103,6 +104,7 @@ TEST(Context, ModelsWithDifferentThreadBudgetsRunSideBySide) {
 }
 
 TEST(Context, AbsurdBudgetsAreRefused) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string cfg = test::fixture("vim_mini.json"), w = test::fixture("vim_mini.weights.safetensors");
   for (int t : {-1, 5000}) {
     Options o;
@@ -117,6 +119,7 @@ TEST(Context, AbsurdBudgetsAreRefused) {
 }
 
 TEST(Context, ProfileAddsUpToTheFlopCount) {
+  MAMBACV_REQUIRE_FIXTURES();
   Model m = Model::load(test::fixture("vmamba_v2_mini.json"), test::fixture("vmamba_v2_mini.weights.safetensors"));
   const std::vector<OpStat> ops = m.profile(Tensor::zeros({1, 3, 64, 64}));
   double flops = 0;
@@ -137,6 +140,7 @@ TEST(Context, ProfileAddsUpToTheFlopCount) {
 // per layer in_proj (2E, D), x_proj (R+2N, E) and dt_proj (E, R) for both directions, out_proj (D, E) over the T
 // tokens; the patch embedding over the M patches; the head over the batch.
 TEST(Context, TracedGemmFlopsMatchTheArchitecture) {
+  MAMBACV_REQUIRE_FIXTURES();
   Model m = Model::load(test::fixture("vim_mini.json"), test::fixture("vim_mini.weights.safetensors"));
   const int64_t Bn = 2, D = 64, E = 128, N = 16, R = 4, depth = 4, classes = 10, M = 16, T = M + 1, P = 16 * 16 * 3;
   const double per_layer = 2.0 * T * (2 * E * D + 2 * (R + 2 * N) * E + 2 * E * R + D * E);
@@ -148,6 +152,7 @@ TEST(Context, TracedGemmFlopsMatchTheArchitecture) {
 }
 
 TEST(Context, ModelAllocatorBoundSetInCode) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string cfg = test::fixture("vmamba_v2_mini.json"), w = test::fixture("vmamba_v2_mini.weights.safetensors");
   const Tensor x = Tensor::zeros({2, 3, 96, 96});
   Options opt;
@@ -182,6 +187,7 @@ TEST(Context, ModelAllocatorBoundSetInCode) {
 // The detection request and result travel in the call (no thread-local state): prepared on this thread, the
 // forward run on another, the per-image sizes honoured there, the result read back here.
 TEST(Context, DetectionForwardOnAnotherThread) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string cfg = test::fixture("det/maskrcnn_vmamba_mini.json");
   const std::string w = test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors");
   Tensor x = load_safetensors(test::fixture("det/maskrcnn_vmamba_mini.golden.safetensors")).tensors.at("input");
@@ -210,7 +216,7 @@ TEST(Context, DetectionForwardOnAnotherThread) {
   WeightFile wf = load_weights(w);
   TensorMap tm;
   for (const auto& [n, t] : net->canonicalize(wf.tensors)) tm[n] = t.dtype() == DType::F32 ? t : t.to(DType::F32);
-  net->bind(tm);
+  net->bind(tm, DType::F32);
   detail::DetectionCall req;
   req.score_thr = 0.0f;
   req.images.push_back({250, 300, false, 250, 300, 1.0f, 1.0f});

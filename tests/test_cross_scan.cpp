@@ -11,6 +11,7 @@ using namespace mambacv;
 using mambacv::detail::cross_scan_orders;
 
 TEST(CrossScan, OrdersMatchUpstreamCrossScanAndMerge) {
+  MAMBACV_REQUIRE_FIXTURES();
   // x (b, c, h, w), xs (b, 4, c, h*w), ys (b, 4, c, h*w), merged (b, c, h*w); h = 5, w = 7
   TensorMap t = load_safetensors(test::fixture("ops/cross_scan_5x7.safetensors")).tensors;
   const Tensor x = t.at("x").to(DType::F32), xs = t.at("xs").to(DType::F32), ys = t.at("ys").to(DType::F32),

@@ -57,6 +57,7 @@ int count_frames(const std::string& path, cv::Size* size) {
 // ---- mambacv/opencv.h ----------------------------------------------------------------------------------------------
 
 TEST(OpenCvBridge, MatMatchesLoadImageAndPreprocess) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string path = fixture("images/chelsea.png");
   const mambacv::Image ref = mambacv::load_image(path);
   const cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
@@ -116,6 +117,7 @@ TEST(OpenCvBridge, UnsupportedMatsThrowClearErrors) {
 // ---- mambacv_demo_retrieval ---------------------------------------------------------------------------------------
 
 TEST(DemoRetrieval, DuplicateImagesAreEachOthersNearestNeighbour) {
+  MAMBACV_REQUIRE_FIXTURES();
   SKIP_WITHOUT_DEMOS();
   const std::string dir = temp_dir("demo_retrieval_dup");
   const fs::path idx = fs::path(dir) / "index";
@@ -160,6 +162,7 @@ TEST(DemoRetrieval, DuplicateImagesAreEachOthersNearestNeighbour) {
 }
 
 TEST(DemoRetrieval, QueriesAndBrokenImages) {
+  MAMBACV_REQUIRE_FIXTURES();
   SKIP_WITHOUT_DEMOS();
   const std::string dir = temp_dir("demo_retrieval_query");
   const fs::path idx = fs::path(dir) / "index", qdir = fs::path(dir) / "queries";
@@ -209,6 +212,7 @@ TEST(DemoRetrieval, BadArgumentsGiveOneLineErrors) {
 // ---- mambacv_demo_video -------------------------------------------------------------------------------------------
 
 TEST(DemoVideo, VideoInVideoOut) {
+  MAMBACV_REQUIRE_FIXTURES();
   SKIP_WITHOUT_DEMOS();
   const std::string dir = temp_dir("demo_video_avi");
   const std::string in = dir + "/in.avi", out_path = dir + "/out.avi";
@@ -246,6 +250,7 @@ TEST(DemoVideo, VideoInVideoOut) {
 }
 
 TEST(DemoVideo, FolderOfImagesToFolderAndVideo) {
+  MAMBACV_REQUIRE_FIXTURES();
   SKIP_WITHOUT_DEMOS();
   const std::string dir = temp_dir("demo_video_folder");
   const fs::path frames = fs::path(dir) / "frames", annotated = fs::path(dir) / "annotated";
@@ -282,6 +287,7 @@ TEST(DemoVideo, FolderOfImagesToFolderAndVideo) {
 }
 
 TEST(DemoVideo, ImageSequencePatternAndSingleImageAgreeWithClassify) {
+  MAMBACV_REQUIRE_FIXTURES();
   SKIP_WITHOUT_DEMOS();
   const std::string dir = temp_dir("demo_video_seq");
   const fs::path seq = fs::path(dir) / "seq";
@@ -330,6 +336,7 @@ TEST(DemoVideo, BadInputsGiveOneLineErrors) {
 
 #ifdef MAMBACV_DEMO_DETECT
 TEST(DemoDetect, DrawsDetectionsForAFolderAndReportsBrokenImages) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string dir = mambacv::test::temp_dir("demo_detect");
   const fs::path in = fs::path(dir) / "in", out_dir = fs::path(dir) / "out";
   fs::create_directories(in);

@@ -27,6 +27,7 @@ std::string read_file(const fs::path& p) {
 }  // namespace
 
 TEST(Install, PrefixLayoutAndDownstreamProject) {
+  MAMBACV_REQUIRE_FIXTURES();
 #ifndef MAMBACV_CMAKE_COMMAND
   GTEST_SKIP() << "built without the CMake command path";
 #else

@@ -122,6 +122,7 @@ TEST(MaskRcnn, FixtureSafetensors) { check_fixture(test::fixture("det/maskrcnn_v
 TEST(MaskRcnn, FixturePth) { check_fixture(test::fixture("det/maskrcnn_vmamba_mini.pth")); }
 
 TEST(MaskRcnn, VerifyCommandBothWeightFiles) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string json = test::fixture(kFixture);
   std::string out;
   EXPECT_EQ(test::run_command(test::cli_path() + " verify " + json, &out), 0) << out;
@@ -135,6 +136,7 @@ TEST(MaskRcnn, VerifyCommandBothWeightFiles) {
 }
 
 TEST(MaskRcnn, ConfigErrorsNameTheKey) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string dir = test::temp_dir("mask_rcnn_cfg");
   std::ifstream f(test::fixture(kFixture));
   nlohmann::json j = nlohmann::json::parse(f);
@@ -197,6 +199,7 @@ TEST(MaskRcnn, PipelineRescaleAndPadArithmetic) {
 }
 
 TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
+  MAMBACV_REQUIRE_FIXTURES();
   Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
   DetectOptions opt;
   opt.score_thr = 0.0f;
@@ -253,6 +256,7 @@ TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
 }
 
 TEST(MaskRcnn, ThreadsShareOneDetector) {
+  MAMBACV_REQUIRE_FIXTURES();
   Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
   Tensor x = load_safetensors(test::fixture("det/maskrcnn_vmamba_mini.golden.safetensors")).tensors.at("input");
   DetectionResult serial = det.detect(x, 250, 300);
@@ -271,6 +275,7 @@ TEST(MaskRcnn, ThreadsShareOneDetector) {
 }
 
 TEST(MaskRcnn, CliJsonReportsBrokenImagesAndDetectsTheRest) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string dir = test::temp_dir("mask_rcnn_cli");
   fs::copy_file(test::fixture("images/chelsea.png"), dir + "/a_chelsea.png");
   fs::copy_file(test::fixture("images/coffee_small.jpg"), dir + "/c_coffee.jpg");

@@ -114,6 +114,57 @@ TEST(Ops, GemmMatchesReferenceEveryKernel) {
 
 // The work split (M chunks x panel groups, packed or in-place A) depends on the thread budget: every budget must
 // give the reference's result, whatever the machine's core count.
+// Half-precision weight storage: the widening kernels (f16, bf16) on every ISA and the AVX512_BF16 dot kernel
+// (where the CPU has it) against the reference on the rounded weights (and, for the dot kernel, rounded A).
+TEST(Ops, GemmHalfPrecisionWeights) {
+  const GemmCase cases[] = {{1, 1, 1},    {1, 17, 33},  {3, 5, 7},     {17, 33, 15},  {197, 384, 192},
+                            {2, 300, 1},  {300, 2, 45}, {13, 40, 384}, {229, 31, 70}, {7, 70, 1100},
+                            {450, 129, 9}, {28, 64, 513}, {14, 32, 2},  {15, 16, 3}};
+  const bool have_dot = cpu::features().avx512_bf16 && cpu::detected_isa() == cpu::Isa::Avx512;
+  int dot_runs = 0;
+  for (cpu::Isa isa : runnable_isas()) {
+    if (isa == cpu::Isa::Generic) continue;  // the portable backend keeps f32
+    for (DType st : {DType::F16, DType::BF16})
+      for (bool dot : {false, true}) {
+        if (dot && (st != DType::BF16 || isa != cpu::Isa::Avx512 || !have_dot)) continue;
+        for (const GemmCase& gc : cases)
+          for (float beta : {0.0f, 1.0f}) {
+            const int64_t M = gc.M, N = gc.N, K = gc.K, lda = K + 1, ldc = N + 2;
+            Tensor A = rnd({M, lda}), B = rnd({N, K}), bias = rnd({N}), C0 = rnd({M, ldc});
+            Tensor C = C0.clone(), Cr = C0.clone();
+            const ops::PackedWeight W =
+                ops::pack_weight_for(isa, B.f32(), K, true, N, K, bias.f32(), st,
+                                     dot ? ops::DotKernel::Always : ops::DotKernel::Never);
+            ASSERT_EQ(W.bf16_dot, dot);
+            ASSERT_EQ(W.storage, st);
+            ops::gemm(kCtx, M, A.f32(), lda, W, C.f32(), ldc, beta);
+            Tensor Br = B.clone(), Ar = A.clone();
+            ops::round_to(kCtx, st, false, Br);
+            if (dot) ops::round_to(kCtx, DType::BF16, false, Ar);
+            ops::ref::gemm(M, N, K, Ar.f32(), lda, Br.f32(), K, true, Cr.f32(), ldc, bias.f32(), beta);
+            std::vector<float> a, r;
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < ldc; ++n) {
+                if (n < N) {
+                  a.push_back(C.f32()[m * ldc + n]);
+                  r.push_back(Cr.f32()[m * ldc + n]);
+                } else {
+                  ASSERT_EQ(C.f32()[m * ldc + n], C0.f32()[m * ldc + n]) << "wrote past N";
+                }
+              }
+            EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
+                << cpu::isa_name(isa) << " " << dtype_name(st) << (dot ? " dot" : "") << " M=" << M << " N=" << N
+                << " K=" << K << " beta=" << beta;
+            dot_runs += dot;
+          }
+      }
+  }
+  if (have_dot) EXPECT_GT(dot_runs, 0);
+  // half the memory of f32 panels
+  Tensor B = rnd({96, 384});
+  EXPECT_EQ(ops::pack_linear(B, Tensor(), DType::BF16).panels.nbytes() * 2, ops::pack_linear(B).panels.nbytes());
+}
+
 TEST(Ops, GemmEveryThreadBudget) {
   const GemmCase cases[] = {{197, 40, 384}, {197, 192, 384}, {3, 700, 64}, {450, 129, 9}, {1, 96, 33}, {61, 256, 600}};
   for (int threads : {1, 2, 3, 7})

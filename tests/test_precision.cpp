@@ -92,6 +92,7 @@ TEST(Precision, PolicyTable) {
 // Every classification / backbone fixture in f16 and bf16 under both cores: within the tolerance of the f32
 // golden, finite, and the two cores give different numbers.
 TEST(Precision, FixturesInReducedPrecisionBothCores) {
+  MAMBACV_REQUIRE_FIXTURES();
   for (const char* name : {"vim_mini", "vim_stride8_mini", "vmamba_v0_mini", "vmamba_v2_mini",
                            "vmamba_v2_ratio1_mini", "vmamba_backbone_mini"}) {
     const TensorMap golden = load_safetensors(fixture(std::string(name) + ".golden.safetensors")).tensors;
@@ -124,6 +125,7 @@ TEST(Precision, FixturesInReducedPrecisionBothCores) {
 // overflows f16 stays finite under v0; under v1 (IEEE rounding of each direction's output) --check-finite names
 // the boundary.
 TEST(Precision, SaturatingScanOutputStaysFiniteUnderCoreV0) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string name = "vmamba_v0_mini";
   TensorMap w = load_safetensors(fixture(name + ".weights.safetensors")).tensors;
   for (auto& [key, t] : w)

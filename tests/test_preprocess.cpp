@@ -298,6 +298,7 @@ TEST(Preprocess, BatchStacksImages) {
 // ------------------------------------------------------------------------------------------------------
 
 TEST(ImageIo, MissingAndNonImageFilesNameThePath) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string dir = test::temp_dir("image_io_errors");
   const std::string missing = dir + "/no_such_image.png";
   std::string msg = error_of([&] { load_image(missing); });
@@ -403,6 +404,7 @@ TEST(ImageIo, LosslessFormatsRoundTrip) {
 }
 
 TEST(ImageIo, FixtureImagesDecode) {
+  MAMBACV_REQUIRE_FIXTURES();
   Image chelsea = load_image(test::fixture("images/chelsea.png"));
   EXPECT_EQ(chelsea.width, 451);
   EXPECT_EQ(chelsea.height, 300);
@@ -421,6 +423,7 @@ TEST(ImageIo, FixtureImagesDecode) {
 // -----------------------------------------
 
 TEST(Preprocess, MatchesTorchvisionGolden) {
+  MAMBACV_REQUIRE_FIXTURES();
   WeightFile golden = load_safetensors(test::fixture("images/preprocess.golden.safetensors"));
   const InputSpec spec;
   int checked = 0;
@@ -478,6 +481,7 @@ TEST(Detection, RescaleSizeArithmetic) {
 }
 
 TEST(Detection, PrepareInputShapesScalesAndPadding) {
+  MAMBACV_REQUIRE_FIXTURES();
   Image im = smooth_image(333, 251);
   DetectionInput d = prepare_detection_input(im);
   EXPECT_EQ(d.orig_width, 333);

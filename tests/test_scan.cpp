@@ -453,6 +453,7 @@ std::pair<double, double> run_fixture(const std::string& name, void (*scan)(cons
 }  // namespace
 
 TEST(SelectiveScan, GoldenFixtures) {
+  MAMBACV_REQUIRE_FIXTURES();
   for (const char* name : {"scan_d16_long", "scan_d16_z", "scan_d1_grouped"}) {
     const auto ref = run_fixture(name, [](const ScanParams& p) { selective_scan_ref(p); });
     const auto fast = run_fixture(name, [](const ScanParams& p) { selective_scan(kCtx, p); });

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -11,7 +12,12 @@
 
 namespace mambacv::test {
 
-std::string fixture(const std::string& rel) { return std::string(MAMBACV_FIXTURES) + "/" + rel; }
+std::string fixtures_dir() {
+  const char* env = std::getenv("MAMBACV_FIXTURES");
+  return env && *env ? std::string(env) : std::string(MAMBACV_FIXTURES);
+}
+std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
+bool have_fixtures() { return std::filesystem::exists(fixtures_dir() + "/README.md"); }
 std::string source_dir() { return MAMBACV_SOURCE_DIR; }
 std::string binary_dir() { return MAMBACV_BINARY_DIR; }
 std::string cli_path() { return MAMBACV_CLI; }

@@ -9,8 +9,17 @@
 
 namespace mambacv::test {
 
-// Absolute path of a file under ../shared/fixtures.
+// The golden fixtures folder: $MAMBACV_FIXTURES when set, else the build's MAMBACV_FIXTURES_DIR (default
+// ../shared/fixtures beside the project). fixture(rel) is a file in it.
+std::string fixtures_dir();
 std::string fixture(const std::string& rel);
+// Whether the fixtures folder is there (its README.md exists).
+bool have_fixtures();
+// First statement of every test that reads fixtures: skips it, with the reason, when they are absent.
+#define MAMBACV_REQUIRE_FIXTURES()                                                                        \
+  if (!::mambacv::test::have_fixtures())                                                                  \
+  GTEST_SKIP() << "golden fixtures not found at " << ::mambacv::test::fixtures_dir()                      \
+               << " (set MAMBACV_FIXTURES, or configure with -DMAMBACV_FIXTURES_DIR=...)"
 // Path of the project source tree / the build tree.
 std::string source_dir();
 std::string binary_dir();

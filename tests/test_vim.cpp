@@ -53,6 +53,7 @@ TEST(Vim, MiniMatchesGolden) { check_fixture("vim_mini"); }
 TEST(Vim, Stride8MiniMatchesGolden) { check_fixture("vim_stride8_mini"); }
 
 TEST(Vim, PthCheckpointGivesSameLogits) {
+  MAMBACV_REQUIRE_FIXTURES();
   ModelConfig cfg = load_model_config(fixture("vim_mini.json"));
   Model m = Model::load(cfg.path, fixture("vim_mini.pth"));
   TensorMap g = load_safetensors(fixture("vim_mini.golden.safetensors")).tensors;
@@ -60,6 +61,7 @@ TEST(Vim, PthCheckpointGivesSameLogits) {
 }
 
 TEST(Vim, BatchItemsAreIndependent) {
+  MAMBACV_REQUIRE_FIXTURES();
   // each image of a batch gives the same result alone
   Golden f = load_fixture("vim_mini");
   Tensor x = f.golden.at("input").to(DType::F32, true);
@@ -71,6 +73,7 @@ TEST(Vim, BatchItemsAreIndependent) {
 }
 
 TEST(Vim, OtherResolutionsInterpolatePositionEmbedding) {
+  MAMBACV_REQUIRE_FIXTURES();
   Golden f = load_fixture("vim_mini");  // configured for 64x64
   for (auto [h, w] : {std::pair<int64_t, int64_t>{96, 80}, {48, 48}, {16, 16}, {64, 112}}) {
     Tensor x = test::random_tensor({1, 3, h, w}, 7);
@@ -83,6 +86,7 @@ TEST(Vim, OtherResolutionsInterpolatePositionEmbedding) {
 }
 
 TEST(Vim, ConcurrentCallsOnOneModel) {
+  MAMBACV_REQUIRE_FIXTURES();
   Golden f = load_fixture("vim_mini");
   Tensor x = f.golden.at("input").to(DType::F32);
   Tensor ref = f.model.classify(x);
@@ -94,6 +98,7 @@ TEST(Vim, ConcurrentCallsOnOneModel) {
 }
 
 TEST(Vim, ConfigThatDoesNotMatchWeightsNamesTensors) {
+  MAMBACV_REQUIRE_FIXTURES();
   ModelConfig cfg = load_model_config(fixture("vim_stride8_mini.json"));
   WeightFile w = load_weights(fixture("vim_mini.weights.safetensors"));
   try {
@@ -108,6 +113,7 @@ TEST(Vim, ConfigThatDoesNotMatchWeightsNamesTensors) {
 }
 
 TEST(Vim, WrongInputIsAClearError) {
+  MAMBACV_REQUIRE_FIXTURES();
   Golden f = load_fixture("vim_mini");
   EXPECT_THROW(f.model.classify(Tensor::zeros({1, 4, 64, 64})), Error);   // channels
   EXPECT_THROW(f.model.classify(Tensor::zeros({1, 3, 8, 64})), Error);    // smaller than a patch
@@ -121,6 +127,7 @@ TEST(Vim, WrongInputIsAClearError) {
 }
 
 TEST(Vim, UnsupportedConfigOptionsAreRefused) {
+  MAMBACV_REQUIRE_FIXTURES();
   ModelConfig cfg = load_model_config(fixture("vim_mini.json"));
   cfg.json = R"({"embed_dim": 64, "depth": 2, "bimamba_type": "v1"})";
   EXPECT_THROW(Model::random(cfg), Error);
@@ -145,6 +152,7 @@ TEST(Vim, ShippedConfigsBuild) {
 }
 
 TEST(VerifyCommand, PassesAndRefusesUnimplementedOptions) {
+  MAMBACV_REQUIRE_FIXTURES();
   std::string out;
   int rc = test::run_command(test::cli_path() + " verify " + fixture("vim_mini.json"), &out);
   EXPECT_EQ(rc, 0) << out;

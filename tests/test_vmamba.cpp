@@ -61,6 +61,7 @@ ModelConfig config_with(const std::string& name, const std::function<void(nlohma
 }  // namespace
 
 TEST(VMamba, FixturesMatchGoldenWithBothCores) {
+  MAMBACV_REQUIRE_FIXTURES();
   for (const char* name : kFixtures) {
     const TensorMap golden = fixture_golden(name);
     const Tensor x = golden.at("input").to(DType::F32);
@@ -85,6 +86,7 @@ TEST(VMamba, FixturesMatchGoldenWithBothCores) {
 }
 
 TEST(VMamba, FeaturesAreNchwStageMaps) {
+  MAMBACV_REQUIRE_FIXTURES();
   for (const char* name : {"vmamba_v0_mini", "vmamba_v2_mini"}) {  // ln (NHWC goldens) and ln2d (NCHW goldens)
     const TensorMap golden = fixture_golden(name);
     Model m = load_fixture(name);
@@ -110,6 +112,7 @@ TEST(VMamba, FeaturesAreNchwStageMaps) {
 }
 
 TEST(VMamba, ConcurrentFeatureCallsOnOneModel) {
+  MAMBACV_REQUIRE_FIXTURES();
   // one loaded backbone serving several threads: every thread gets the golden features
   Model bb = load_fixture("vmamba_backbone_mini");
   const TensorMap golden = fixture_golden("vmamba_backbone_mini");
@@ -127,6 +130,7 @@ TEST(VMamba, ConcurrentFeatureCallsOnOneModel) {
 }
 
 TEST(VMamba, BatchItemsAreIndependent) {
+  MAMBACV_REQUIRE_FIXTURES();
   Model m = load_fixture("vmamba_v0_mini");
   const Tensor x = fixture_golden("vmamba_v0_mini").at("input").to(DType::F32);  // batch 2
   const Tensor both = m.classify(x);
@@ -137,6 +141,7 @@ TEST(VMamba, BatchItemsAreIndependent) {
 }
 
 TEST(VMamba, OddAndNonSquareInputs) {
+  MAMBACV_REQUIRE_FIXTURES();
   auto ceil2 = [](int64_t v) { return (v + 1) / 2; };
   for (const char* name : {"vmamba_v0_mini", "vmamba_v2_mini", "vmamba_backbone_mini"}) {
     Model m = load_fixture(name);
@@ -164,6 +169,7 @@ TEST(VMamba, OddAndNonSquareInputs) {
 }
 
 TEST(VMamba, MissingAndMisshapenTensorsAreOneError) {
+  MAMBACV_REQUIRE_FIXTURES();
   TensorMap w = fixture_weights("vmamba_v2_mini");
   w.erase("layers.0.blocks.0.op.Ds");
   w.erase("layers.2.blocks.1.mlp.fc2.bias");
@@ -218,6 +224,7 @@ TEST(VMamba, UnsupportedOptionsAreRefused) {
 }
 
 TEST(VMamba, BothProjectionSpellingsLoadAndAgree) {
+  MAMBACV_REQUIRE_FIXTURES();
   const std::string name = "vmamba_v2_mini";
   const TensorMap w = fixture_weights(name);
   TensorMap root;  // root vmamba.py spelling: x_proj.weight (K*(R+2N), Dd), dt_projs.weight (K*Dd, R); 1x1 convs
@@ -247,6 +254,7 @@ TEST(VMamba, BothProjectionSpellingsLoadAndAgree) {
 }
 
 TEST(VMamba, BackboneLoadsDetectionAndClassificationCheckpoints) {
+  MAMBACV_REQUIRE_FIXTURES();
   const TensorMap golden = fixture_golden("vmamba_backbone_mini");
   const Tensor x = golden.at("input").to(DType::F32);
   const ModelConfig cfg = load_model_config(fixture("vmamba_backbone_mini.json"));

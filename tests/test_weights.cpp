@@ -73,6 +73,7 @@ void expect_identical(const TensorMap& a, const TensorMap& b) {
 // ---- safetensors ------------------------------------------------------------------------------------------------
 
 TEST(Safetensors, LoadsEveryFixture) {
+  MAMBACV_REQUIRE_FIXTURES();
   namespace fs = std::filesystem;
   int files = 0;
   for (const auto& e : fs::recursive_directory_iterator(test::fixture(""))) {
@@ -95,6 +96,7 @@ TEST(Safetensors, LoadsEveryFixture) {
 }
 
 TEST(Safetensors, ViewsOutliveTheWeightFile) {
+  MAMBACV_REQUIRE_FIXTURES();
   Tensor t;
   {
     WeightFile wf = load_safetensors(test::fixture("vim_mini.weights.safetensors"));
@@ -156,6 +158,7 @@ struct BadCase {
 };
 
 TEST(Safetensors, RejectsBrokenFilesWithClearErrors) {
+  MAMBACV_REQUIRE_FIXTURES();
   std::string dir = test::temp_dir("weights_bad_st");
   const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
   const Bytes eight(8, '\0'), sixteen(16, '\0');
@@ -376,6 +379,7 @@ Bytes checkpoint(const Bytes& pkl, std::vector<ZipRecord> storages = {}, bool de
 // ---- .pth tests ---------------------------------------------------------------------------------------------------
 
 TEST(Pth, VimMiniMatchesItsSafetensors) {
+  MAMBACV_REQUIRE_FIXTURES();
   WeightFile pth = load_pth(test::fixture("vim_mini.pth"));
   WeightFile st = load_safetensors(test::fixture("vim_mini.weights.safetensors"));
   expect_identical(st.tensors, pth.tensors);  // optimizer state and the args Namespace are skipped
@@ -385,6 +389,7 @@ TEST(Pth, VimMiniMatchesItsSafetensors) {
 }
 
 TEST(Pth, MmdetCheckpointMatchesItsSafetensors) {
+  MAMBACV_REQUIRE_FIXTURES();
   WeightFile pth = load_pth(test::fixture("det/maskrcnn_vmamba_mini.pth"));
   WeightFile st = load_safetensors(test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
   expect_identical(st.tensors, pth.tensors);
@@ -550,6 +555,7 @@ TEST(Pth, HostileOrBrokenPicklesGiveCleanErrors) {
 }
 
 TEST(Pth, TruncatedCheckpointsGiveCleanErrors) {
+  MAMBACV_REQUIRE_FIXTURES();
   Bytes good = read_file(test::fixture("vim_mini.pth"));
   std::string path = test::temp_dir("weights_pth_truncated") + "/t.pth";
   for (size_t len : {size_t{4}, size_t{30}, size_t{100}, size_t{5000}, good.size() / 2, good.size() - 23,
@@ -562,6 +568,7 @@ TEST(Pth, TruncatedCheckpointsGiveCleanErrors) {
 
 // Random byte flips in the real checkpoint never crash or hang: the load either succeeds or throws Error.
 TEST(Pth, RandomCorruptionsNeverCrash) {
+  MAMBACV_REQUIRE_FIXTURES();
   const Bytes good = read_file(test::fixture("vim_mini.pth"));
   const std::string path = test::temp_dir("weights_pth_fuzz") + "/fuzz.pth";
   std::mt19937_64 rng(1234);

@@ -23,7 +23,7 @@ const char* kBenchHelp =
     "min / max latency, images/s, peak memory and the model's real FLOPs (2 per multiply-add) as a fraction of the\n"
     "FMA peak. --per-op adds, per batch size, time / FLOPs / bytes per op type per stage of one traced pass.\n"
     "--json prints one object per line: the machine first, then one per batch size.\n"
-    "bench --gemm [--threads N] [--json] times the GEMM alone on the models' shapes (1 and N threads).\n";
+    "bench --gemm [--threads N] [--dtype D] [--json] times the GEMM alone (weights stored in D) on the models' shapes (1 and N threads).\n";
 
 double peak_rss_mb() {
   rusage u{};
@@ -46,7 +46,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::fputs(kBenchHelp, stdout);
     return 0;
   }
-  if (args.has("gemm")) return bench_gemm(args.model_options().threads, args.has("json"));
+  if (args.has("gemm")) return bench_gemm(args.model_options().threads, args.has("json"), args.model_options().dtype);
   MAMBACV_CHECK(args.positionals().empty(), "bench: unexpected argument '" << args.positionals()[0] << "'");
   Options opt = args.model_options();
   Model model = load_or_random(args, opt);

@@ -41,8 +41,8 @@ struct MachineReport {
   void print() const;
 };
 MachineReport measure_machine(int threads);
-// `bench --gemm`: the GEMM on the models' shapes (no model needed).
-int bench_gemm(int threads, bool json);
+// `bench --gemm [--dtype D]`: the GEMM on the models' shapes (no model needed), weights stored in D.
+int bench_gemm(int threads, bool json, DType storage = DType::F32);
 // verify for arch "mask_rcnn" fixtures (tools/verify_detection.cpp).
 int verify_detection_fixture(const std::string& fixture, const std::string& weights, const TensorMap& golden,
                              const Options& opt);

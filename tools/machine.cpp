@@ -70,7 +70,7 @@ namespace mambacv::cli {
 
 // `bench --gemm`: the library GEMM (weights packed) on the models' own shapes, 1 thread and `threads` threads,
 // median of repeated calls, beside the FMA peak of the same thread count.
-int bench_gemm(int threads, bool json) {
+int bench_gemm(int threads, bool json, DType storage) {
   struct Shape3 {
     int64_t M, N, K;
     const char* what;
@@ -88,7 +88,10 @@ int bench_gemm(int threads, bool json) {
   const int nt = resolve_threads(threads);
   std::vector<int> counts = {1};
   if (nt > 1) counts.push_back(nt);
-  if (!json) std::printf("gemm backend %s, weights packed once, C = A (M, K) @ W^T (N, K)\n", ops::gemm_backend());
+  const ops::PackedWeight probe = ops::pack_weight(nullptr, 1, true, 0, 0, nullptr, storage);
+  const std::string path = std::string(ops::gemm_backend()) + ", weights " + dtype_name(probe.storage) +
+                           (probe.bf16_dot ? " (AVX512_BF16 dot products)" : probe.storage != DType::F32 ? " (widened to f32)" : "");
+  if (!json) std::printf("gemm backend %s, packed once, C = A (M, K) @ W^T (N, K)\n", path.c_str());
   for (int t : counts) {
     const double peak = cpu::measure_fma_peak_gflops(t);
     const ExecContext ctx = ExecContext::cpu(t);
@@ -103,7 +106,7 @@ int bench_gemm(int threads, bool json) {
           c(static_cast<size_t>(s.M * s.N));
       for (auto& v : a) v = d(rng);
       for (auto& v : b) v = d(rng);
-      const ops::PackedWeight w = ops::pack_weight(b.data(), s.K, true, s.N, s.K);
+      const ops::PackedWeight w = ops::pack_weight(b.data(), s.K, true, s.N, s.K, nullptr, storage);
       const double flop = 2.0 * s.M * s.N * s.K;
       const int reps = std::max(5, static_cast<int>(2e9 / flop));
       std::vector<double> ts;
@@ -117,7 +120,7 @@ int bench_gemm(int threads, bool json) {
       if (json) {
         nlohmann::ordered_json j = {{"shape", s.what}, {"M", s.M}, {"N", s.N}, {"K", s.K}, {"threads", t},
                                     {"gflops", rate}, {"fma_peak_gflops", peak}, {"peak_fraction", rate / peak},
-                                    {"backend", ops::gemm_backend()}};
+                                    {"backend", path}};
         std::printf("%s\n", j.dump().c_str());
       } else {
         std::printf("  %-28s %6lld %6lld %6lld %10.1f %7.1f%%\n", s.what, static_cast<long long>(s.M),

@@ -373,7 +373,7 @@ class MaskRcnnNetwork final : public Network {
     return out;
   }
 
-  void bind(TensorMap w) override {
+  void bind(TensorMap w, DType gemm_storage) override {
     TensorMap bb;
     for (const auto& [n, t] : w) {
       if (starts_with(n, "backbone."))
@@ -381,7 +381,7 @@ class MaskRcnnNetwork final : public Network {
       else
         w_[n] = t;
     }
-    backbone_->bind(std::move(bb));
+    backbone_->bind(std::move(bb), gemm_storage);  // the heads keep f32
     const MaskRcnnConfig& c = cfg_;
     // Prepared layers drop their raw tensors (the fast heads read only the prepared form); conv_logits and the
     // upsample bias stay in w_ because mask_head_probs reads them raw.

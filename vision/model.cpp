@@ -95,7 +95,7 @@ Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Option
     MAMBACV_CHECK(is_float(t.dtype()) || t.dtype() == DType::I64,
                   source << ": tensor " << name << " has dtype " << dtype_name(t.dtype()) << ", expected a float type");
   check_weights_match(w, net->param_specs(), source + " (config " + cfg.name + ")");
-  net->bind(compute_weights(w, opt.dtype));
+  net->bind(compute_weights(w, opt.dtype), opt.dtype);
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
 
@@ -145,7 +145,7 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
     }
     w[p.name] = t;
   }
-  net->bind(compute_weights(w, opt.dtype));
+  net->bind(compute_weights(w, opt.dtype), opt.dtype);
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
 

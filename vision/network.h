@@ -44,7 +44,8 @@ class Network {
   // Takes the (already matched) weights, converted to f32 on the host, and prepares them once for the backend
   // (packed GEMM operands, transposed depthwise taps, -exp(A_log), ...). Called once, before any forward.
   // Takes ownership of the map: weights are dropped from it as they are prepared, so a model is not held twice.
-  virtual void bind(TensorMap weights) = 0;
+  // gemm_storage: the element type the GEMM weight panels are kept in (f32, or f16 / bf16 for reduced compute).
+  virtual void bind(TensorMap weights, DType gemm_storage) = 0;
   virtual int input_size() const = 0;
   virtual int num_classes() const = 0;
   // Named outputs (see Model::forward_all for the names). Safe to call from several threads at once.
@@ -85,7 +86,10 @@ class ShapeCache {
 class WeightTable {
  public:
   WeightTable() = default;
-  WeightTable(std::string owner, TensorMap&& w) : owner_(std::move(owner)), w_(std::move(w)) {}
+  WeightTable(std::string owner, TensorMap&& w, DType storage = DType::F32)
+      : owner_(std::move(owner)), w_(std::move(w)), storage_(storage) {}
+  // the element type GEMM weights are packed in
+  DType storage() const { return storage_; }
   const Tensor& at(const std::string& n) const {
     auto it = w_.find(n);
     MAMBACV_CHECK(it != w_.end(), owner_ << ": weight " << n << " was not bound");
@@ -99,12 +103,12 @@ class WeightTable {
   // Weight n (N, K) [+ bias b] packed for the GEMM; the plain copies are dropped from the table (only the packed
   // form is kept in memory).
   ops::PackedWeight linear(const std::string& n, const std::string& b = "") {
-    ops::PackedWeight p = ops::pack_linear(at(n), b.empty() ? Tensor() : at(b));
+    ops::PackedWeight p = ops::pack_linear(at(n), b.empty() ? Tensor() : at(b), storage_);
     w_.erase(n);
     return p;
   }
   ops::Conv2dWeight conv(const std::string& n, const std::string& b, int sh, int sw, int ph, int pw) {
-    ops::Conv2dWeight c = ops::prepare_conv2d(at(n), b.empty() ? Tensor() : at(b), sh, sw, ph, pw);
+    ops::Conv2dWeight c = ops::prepare_conv2d(at(n), b.empty() ? Tensor() : at(b), sh, sw, ph, pw, storage_);
     w_.erase(n);
     return c;
   }
@@ -118,6 +122,7 @@ class WeightTable {
  private:
   std::string owner_;
   TensorMap w_;
+  DType storage_ = DType::F32;
 };
 
 }  // namespace mambacv::detail

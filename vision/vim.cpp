@@ -92,8 +92,8 @@ class VimNetwork final : public Network {
     return s;
   }
 
-  void bind(TensorMap weights) override {
-    WeightTable w("vim", std::move(weights));
+  void bind(TensorMap weights, DType gemm_storage) override {
+    WeightTable w("vim", std::move(weights), gemm_storage);
     const int64_t D = cfg_.embed_dim, E = cfg_.expand * D;
     const int S = static_cast<int>(cfg_.stride);
     patch_embed_ = w.conv("patch_embed.proj.weight", "patch_embed.proj.bias", S, S, 0, 0);
@@ -122,7 +122,8 @@ class VimNetwork final : public Network {
         d.x_proj = w.linear(p + "mixer.x_proj" + q + ".weight");
         d.dt_proj_b = w.at(p + "mixer.dt_proj" + q + ".bias");
         d.D = w.at(p + "mixer.D" + q);
-        ssm::prepare_direction(d, w.at(p + "mixer.A" + q + "_log"), w.at(p + "mixer.dt_proj" + q + ".weight"));
+        ssm::prepare_direction(d, w.at(p + "mixer.A" + q + "_log"), w.at(p + "mixer.dt_proj" + q + ".weight"),
+                               gemm_storage);
         w.erase(p + "mixer.dt_proj" + q + ".weight");
       }
     }
@@ -142,7 +143,9 @@ class VimNetwork final : public Network {
     ctx.stage("patch_embed");
     const detail::Policy& policy = call.policy;
     policy.scope("patch_embed");
-    Tensor patches = ops::conv2d(ctx, ops::nchw_to_nhwc(ctx, x), patch_embed_).reshape({B, M, D});
+    Tensor pixels = ops::nchw_to_nhwc(ctx, x);
+    policy.apply(ctx, Boundary::Activation, pixels);  // the input in the compute dtype, as a cast model reads it
+    Tensor patches = ops::conv2d(ctx, pixels, patch_embed_).reshape({B, M, D});
     policy.apply(ctx, Boundary::Activation, patches);
     if (want.has("patch_embed")) out["patch_embed"] = patches.clone();
 

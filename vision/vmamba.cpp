@@ -311,8 +311,8 @@ class VMambaNetwork final : public Network {
     return out;
   }
 
-  void bind(TensorMap weights) override {
-    WeightTable w(arch_, std::move(weights));
+  void bind(TensorMap weights, DType gemm_storage) override {
+    WeightTable w(arch_, std::move(weights), gemm_storage);
     const VMambaConfig& c = cfg_;
     const int P = static_cast<int>(c.patch_size);
     auto conv_ln = [&](const std::string& conv, const std::string& norm, int s, int pad) {
@@ -357,7 +357,7 @@ class VMambaNetwork final : public Network {
         o.out_norm_w = w.at(p + "op.out_norm.weight").f32();
         o.out_norm_b = w.at(p + "op.out_norm.bias").f32();
         o.out_proj = w.at(p + "op.out_proj.weight").f32();
-        b.op = ssm::ss2d_prepare(o);
+        b.op = ssm::ss2d_prepare(o, gemm_storage);
         for (const char* n : {"in_proj.weight", "conv2d.weight", "x_proj_weight", "dt_projs_weight", "out_proj.weight"})
           w.erase(p + "op." + n);
         if (c.mlp_ratio > 0) {
@@ -413,6 +413,7 @@ class VMambaNetwork final : public Network {
     const detail::Policy& policy = call.policy;
     policy.scope("patch_embed");
     Tensor cur = ops::nchw_to_nhwc(ctx, x);
+    policy.apply(ctx, Boundary::Activation, cur);  // the input in the compute dtype, as a cast model reads it
     for (size_t e = 0; e < embed_.size(); ++e) {
       cur = conv_ln(ctx, cur, embed_[e], "patch_embed", policy);
       if (e + 1 < embed_.size()) {

@@ -12,19 +12,24 @@
 // Results equal the reference up to float summation order (k ascending within each block).
 // Why our own kernel and not a BLAS: Debian's OpenBLAS 0.3.21 falls back to SSE3 kernels on CPUs it does not know,
 // BLIS 0.9 misdetects them too, and neither can take weights packed once at load (README, GEMM measurements).
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 flags the intrinsics' deliberate _mm512_undefined_*() pass-through operands as maybe-uninitialized once
+// they are inlined (a known false positive); the warning is reported at the header's lines, hence placed here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <omp.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
+#include <vector>
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
-#pragma GCC diagnostic pop
 
 #include "kernels/cpu_info.h"
 #include "kernels/ops.h"
@@ -44,27 +49,29 @@ constexpr int kChunkPanels = 8;  // micro-panels per M chunk
 int panel_width(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kNR512 : isa == cpu::Isa::Avx2 ? kNR256 : 0; }
 int tile_rows(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kMR512 : kMR256; }
 
-// ---- AVX-512 micro-kernel: C[0:MR, 0:16*NV] (+)= A (MR x kc) * Bp (kc x 32), columns masked to ncols ----------
-// A is a packed micro-panel (element (i, k) at a[k * MR + i]) or, with kRowA, the caller's rows (a[i * lda + k]).
-// NV = 2 computes both 16-column halves of the panel, NV = 1 only the first (a panel with at most 16 columns).
-template <int MR, int NV, bool kRowA>
-MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const float* __restrict a, int64_t lda,
-                                      const float* __restrict bp, float* c, int64_t ldc, unsigned ncols,
-                                      const float* bias, bool add_c) {
-  __m512 c0[MR], c1[MR];
-#pragma GCC unroll 14
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_load_ps(bp);
-    const __m512 b1 = NV == 2 ? _mm512_load_ps(bp + 16) : b0;
-#pragma GCC unroll 14
-    for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_set1_ps(kRowA ? a[i * lda + k] : a[k * MR + i]);
-      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-      if (NV == 2) c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
-    }
-    bp += kNR512;
-  }
+// ---- weight element loads: 16 (AVX-512) / 8 (AVX2) consecutive panel values widened to f32 ------------------
+// Panels hold f32, or f16 / bf16 (half the memory; widened here, the products still f32).
+MAMBACV_TARGET_AVX512 inline __m512 load_w16(const float* p) { return _mm512_load_ps(p); }
+MAMBACV_TARGET_AVX512 inline __m512 load_w16(const f16_t* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+MAMBACV_TARGET_AVX512 inline __m512 load_w16(const bf16_t* p) {
+  const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+MAMBACV_TARGET_AVX2 inline __m256 load_w8(const float* p) { return _mm256_load_ps(p); }
+MAMBACV_TARGET_AVX2 inline __m256 load_w8(const f16_t* p) {
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+MAMBACV_TARGET_AVX2 inline __m256 load_w8(const bf16_t* p) {
+  const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// ---- AVX-512 tile epilogue: C[0:MR, 0:16*NV] = acc (+ C) (+ bias), columns masked to ncols --------------------
+template <int MR, int NV>
+MAMBACV_TARGET_AVX512 inline void store_tile512(const __m512* c0, const __m512* c1, float* c, int64_t ldc,
+                                                unsigned ncols, const float* bias, bool add_c) {
   const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1u);
   const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? __mmask16(0) : __mmask16((1u << (ncols - 16)) - 1u);
   __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
@@ -89,6 +96,58 @@ MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const float* __restrict a, int
   }
 }
 
+// ---- AVX-512 micro-kernel: C[0:MR, 0:16*NV] (+)= A (MR x kc) * Bp (kc x 32) ------------------------------------
+// A (f32) is a packed micro-panel (element (i, k) at a[k * MR + i]) or, with kRowA, the caller's rows
+// (a[i * lda + k]). NV = 2 computes both 16-column halves of the panel, NV = 1 only the first (a panel with at most
+// 16 columns). WT: the panel's element type.
+template <int MR, int NV, bool kRowA, class WT>
+MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc,
+                                      unsigned ncols, const float* bias, bool add_c) {
+  const float* __restrict a = static_cast<const float*>(a_);
+  const WT* __restrict bp = static_cast<const WT*>(bp_);
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = load_w16(bp);
+    const __m512 b1 = NV == 2 ? load_w16(bp + 16) : b0;
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(kRowA ? a[i * lda + k] : a[k * MR + i]);
+      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+      if (NV == 2) c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+    }
+    bp += kNR512;
+  }
+  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c);
+}
+
+// ---- AVX512_BF16 micro-kernel: bf16 products with f32 accumulation (vdpbf16ps, two k per instruction) ----------
+// A: bf16 rows as k pairs (uint32 element (i, kh) at a[i * lda + kh] holds k = 2kh low, 2kh + 1 high); the panel
+// holds per k pair its 32 columns' pairs (dword j of half h: column 16h + j). kc counts k pairs.
+template <int MR, int NV>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c"))) void ukr_avx512_dot(
+    int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc, unsigned ncols,
+    const float* bias, bool add_c) {
+  const uint32_t* __restrict a = static_cast<const uint32_t*>(a_);
+  const __m512i* __restrict bp = static_cast<const __m512i*>(bp_);
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(bp));
+    const __m512bh b1 = NV == 2 ? reinterpret_cast<__m512bh>(_mm512_load_si512(bp + 1)) : b0;
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i * lda + k])));
+      c0[i] = _mm512_dpbf16_ps(c0[i], av, b0);
+      if (NV == 2) c1[i] = _mm512_dpbf16_ps(c1[i], av, b1);
+    }
+    bp += 2;
+  }
+  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c);
+}
+
 // ---- AVX2 micro-kernel: C[0:MR, 0:16] --------------------------------------------------------------------------
 MAMBACV_TARGET_AVX2 inline __m256i lane_mask8(unsigned n) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -96,15 +155,17 @@ MAMBACV_TARGET_AVX2 inline __m256i lane_mask8(unsigned n) {
 }
 
 // A packed or row-major as in the AVX-512 kernel; NV = 2 both 8-column halves of the 16-column panel, 1 the first.
-template <int MR, int NV, bool kRowA>
-MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict bp,
-                                  float* c, int64_t ldc, unsigned ncols, const float* bias, bool add_c) {
+template <int MR, int NV, bool kRowA, class WT>
+MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc,
+                                  unsigned ncols, const float* bias, bool add_c) {
+  const float* __restrict a = static_cast<const float*>(a_);
+  const WT* __restrict bp = static_cast<const WT*>(bp_);
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(bp);
-    const __m256 b1 = NV == 2 ? _mm256_load_ps(bp + 8) : b0;
+    const __m256 b0 = load_w8(bp);
+    const __m256 b1 = NV == 2 ? load_w8(bp + 8) : b0;
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_broadcast_ss(kRowA ? a + i * lda + k : a + k * MR + i);
@@ -136,29 +197,52 @@ MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const float* __restrict a, int64_t
   }
 }
 
-using Ukr = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, unsigned, const float*, bool);
+using Ukr = void (*)(int64_t, const void*, int64_t, const void*, float*, int64_t, unsigned, const float*, bool);
 
-template <int NV, bool kRowA, int... R>
+template <int NV, bool kRowA, class WT, int... R>
 constexpr std::array<Ukr, sizeof...(R)> avx512_table(std::integer_sequence<int, R...>) {
-  return {&ukr_avx512<R + 1, NV, kRowA>...};
+  return {&ukr_avx512<R + 1, NV, kRowA, WT>...};
 }
-template <int NV, bool kRowA, int... R>
+template <int NV, int... R>
+constexpr std::array<Ukr, sizeof...(R)> avx512_dot_table(std::integer_sequence<int, R...>) {
+  return {&ukr_avx512_dot<R + 1, NV>...};
+}
+template <int NV, bool kRowA, class WT, int... R>
 constexpr std::array<Ukr, sizeof...(R)> avx2_table(std::integer_sequence<int, R...>) {
-  return {&ukr_avx2<R + 1, NV, kRowA>...};
+  return {&ukr_avx2<R + 1, NV, kRowA, WT>...};
 }
-// kernel for a micro-panel of h rows (1 <= h <= MR), a panel of ncols columns, packed or row-major A
-Ukr micro_kernel(cpu::Isa isa, int h, unsigned ncols, bool row_a) {
+template <class WT>
+struct KernelTables {
   using S512 = std::make_integer_sequence<int, kMR512>;
   using S256 = std::make_integer_sequence<int, kMR256>;
   static constexpr std::array<Ukr, kMR512> t512[2][2] = {
-      {avx512_table<1, false>(S512{}), avx512_table<1, true>(S512{})},
-      {avx512_table<2, false>(S512{}), avx512_table<2, true>(S512{})}};
+      {avx512_table<1, false, WT>(S512{}), avx512_table<1, true, WT>(S512{})},
+      {avx512_table<2, false, WT>(S512{}), avx512_table<2, true, WT>(S512{})}};
   static constexpr std::array<Ukr, kMR256> t256[2][2] = {
-      {avx2_table<1, false>(S256{}), avx2_table<1, true>(S256{})},
-      {avx2_table<2, false>(S256{}), avx2_table<2, true>(S256{})}};
+      {avx2_table<1, false, WT>(S256{}), avx2_table<1, true, WT>(S256{})},
+      {avx2_table<2, false, WT>(S256{}), avx2_table<2, true, WT>(S256{})}};
+};
+// kernel for a micro-panel of h rows (1 <= h <= MR), a panel of ncols columns, packed or row-major A, the panel
+// storage of W (the bf16 dot kernel always reads bf16 rows of A)
+Ukr micro_kernel(const PackedWeight& W, int h, unsigned ncols, bool row_a) {
   const size_t i = static_cast<size_t>(h - 1);
-  if (isa == cpu::Isa::Avx512) return t512[ncols > 16 ? 1 : 0][row_a ? 1 : 0][i];
-  return t256[ncols > 8 ? 1 : 0][row_a ? 1 : 0][i];
+  if (W.bf16_dot) {
+    static constexpr std::array<Ukr, kMR512> dot[2] = {avx512_dot_table<1>(std::make_integer_sequence<int, kMR512>{}),
+                                                       avx512_dot_table<2>(std::make_integer_sequence<int, kMR512>{})};
+    return dot[ncols > 16 ? 1 : 0][i];
+  }
+  auto pick = [&](const auto& t) {
+    if (W.isa == cpu::Isa::Avx512) return t.t512[ncols > 16 ? 1 : 0][row_a ? 1 : 0][i];
+    return t.t256[ncols > 8 ? 1 : 0][row_a ? 1 : 0][i];
+  };
+  switch (W.storage) {
+    case DType::F16:
+      return pick(KernelTables<f16_t>{});
+    case DType::BF16:
+      return pick(KernelTables<bf16_t>{});
+    default:
+      return pick(KernelTables<float>{});
+  }
 }
 
 // Heights of the micro-panels covering m rows with at most mr each, as even as possible (197 rows: 13 x 14 and
@@ -198,29 +282,61 @@ void gemm_k0(int64_t M, int64_t N, float* C, int64_t ldc, const float* bias, flo
     for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = (beta != 0.0f ? beta * C[i * ldc + j] : 0.0f) + (bias ? bias[j] : 0.0f);
 }
 
+// A (M, K) f32 -> bf16 rows as k pairs (M, ceil(K/2)) uint32, the odd K padded with zero (round to nearest even).
+void a_to_bf16_pairs(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, int64_t K, uint32_t* dst) {
+  const int64_t Kh = (K + 1) / 2;
+  parallel_for(ctx, M, static_cast<double>(M * K), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* r = A + i * lda;
+      uint32_t* d = dst + i * Kh;
+      for (int64_t kh = 0; kh < Kh; ++kh) {
+        const uint32_t lo = f32_to_bf16(r[2 * kh]);
+        const uint32_t hi = 2 * kh + 1 < K ? f32_to_bf16(r[2 * kh + 1]) : 0u;
+        d[kh] = lo | (hi << 16);
+      }
+    }
+  });
+}
+
 void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W,
                       float* C, int64_t ldc, const float* bias, float beta) {
   const cpu::Isa isa = W.isa;
   const int mr = tile_rows(isa), nr = W.nr;
-  const int64_t N = W.N, K = W.K;
+  const int64_t N = W.N;
+  // the bf16 dot kernel counts k in pairs: its "K" is ceil(K / 2) pairs of bf16 rows of A
+  const int64_t K = W.bf16_dot ? (W.K + 1) / 2 : W.K;
   // M chunks of at most kChunkPanels micro-panels, as even as possible
   const int64_t mchunks = (M + int64_t(mr) * kChunkPanels - 1) / (int64_t(mr) * kChunkPanels);
   const int64_t MC = (M + mchunks - 1) / mchunks, npanels = (N + nr - 1) / nr;
-  // k blocks of at most kKC, as even as possible
-  const int64_t nkb = (K + kKC - 1) / kKC, kc_max = (K + nkb - 1) / nkb;
+  // k blocks of at most kKC (k pairs: kKC / 2), as even as possible
+  const int64_t kc_lim = W.bf16_dot ? kKC / 2 : kKC;
+  const int64_t nkb = (K + kc_lim - 1) / kc_lim, kc_max = (K + nkb - 1) / nkb;
   // enough work items for the threads: split the panels when M gives fewer than 2 chunks per thread
   int64_t ngroups = 1;
   if (mchunks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mchunks - 1) / mchunks);
   const int64_t items = mchunks * ngroups;
   // Packing A costs about one pass over it per work item; with few panels to reuse it over, reading A's rows in
-  // place is cheaper (measured on the models' shapes: up to 8 panels per item, unless K is tiny).
-  const bool row_a = (npanels + ngroups - 1) / ngroups <= 8 && K >= 32;
-  const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  // place is cheaper (measured on the models' shapes: up to 8 panels per item, unless K is tiny). The bf16 dot
+  // kernel reads A as bf16 rows, converted once here.
+  const bool row_a = W.bf16_dot || ((npanels + ngroups - 1) / ngroups <= 8 && K >= 32);
+  const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(W.K);
   const int workers = parallel_workers(ctx, items, work);
-  Tensor apack;
-  if (!row_a) apack = ctx.empty({static_cast<int64_t>(workers), MC * kc_max});
+  Tensor apack, abf;
+  const void* a_rows = A;
+  int64_t a_ld = lda;
+  if (W.bf16_dot) {
+    abf = ctx.empty({M, K}, DType::I32);
+    a_to_bf16_pairs(ctx, M, A, lda, W.K, static_cast<uint32_t*>(abf.raw()));
+    a_rows = abf.raw();
+    a_ld = K;
+  } else if (!row_a) {
+    apack = ctx.empty({static_cast<int64_t>(workers), MC * kc_max});
+  }
   float* apack_base = row_a ? nullptr : apack.f32();
-  const float* panels = W.panels.f32();
+  constexpr int64_t a_es = 4;  // bytes per A element: an f32, or a uint32 bf16 pair
+  const char* panels = static_cast<const char*>(W.panels.raw());
+  // bytes per k step of a panel: nr values (f32 / f16 / bf16), or nr bf16 pairs for the dot kernel
+  const int64_t step_bytes = static_cast<int64_t>(nr) * (W.bf16_dot ? 4 : static_cast<int64_t>(dtype_size(W.storage)));
   parallel_for_tid(ctx, items, work, [&](int64_t b, int64_t e, int tid) {
     float* ap = row_a ? nullptr : apack_base + static_cast<int64_t>(tid) * MC * kc_max;
     int heights[kChunkPanels];
@@ -235,15 +351,16 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
         const bool add_c = !first || beta != 0.0f;
         if (!row_a) pack_a(A, lda, i0, heights, np, k0, kc, ap);
         for (int64_t p = p0; p < p1; ++p) {
-          const float* bp = panels + (p * K + k0) * nr;
+          const void* bp = panels + (p * K + k0) * step_bytes;
           const unsigned ncols = static_cast<unsigned>(std::min<int64_t>(nr, N - p * nr));
           const float* bias_p = first && bias ? bias + p * nr : nullptr;
           int64_t r = 0, off = 0;
           for (int j = 0; j < np; ++j) {
             const int h = heights[j];
-            const float* a = row_a ? A + (i0 + r) * lda + k0 : ap + off;
-            micro_kernel(isa, h, ncols, row_a)(kc, a, lda, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p,
-                                               add_c);
+            const void* a = row_a ? static_cast<const void*>(static_cast<const char*>(a_rows) +
+                                                             ((i0 + r) * a_ld + k0) * a_es)
+                                  : static_cast<const void*>(ap + off);
+            micro_kernel(W, h, ncols, row_a)(kc, a, a_ld, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p, add_c);
             r += h;
             off += kc * h;
           }
@@ -282,51 +399,111 @@ const char* gemm_backend() {
   }
 }
 
-PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K, const float* bias) {
-  return pack_weight_for(cpu::cpu_isa(), B, ldb, trans_b, N, K, bias);
+PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K, const float* bias,
+                         DType storage) {
+  return pack_weight_for(cpu::cpu_isa(), B, ldb, trans_b, N, K, bias, storage);
 }
 
-PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                             const float* bias) {
-  MAMBACV_CHECK(static_cast<int>(isa) <= static_cast<int>(cpu::detected_isa()),
-                "pack_weight: this CPU (or build) cannot run the " << cpu::isa_name(isa) << " GEMM kernels");
-  MAMBACV_CHECK(N >= 0 && K >= 0, "pack_weight: negative size N=" << N << " K=" << K);
-  MAMBACV_CHECK(N == 0 || K == 0 || B != nullptr, "pack_weight: null weight");
-  MAMBACV_CHECK((trans_b ? N : K) <= 1 || ldb >= (trans_b ? K : N),
-                "pack_weight: row stride " << ldb << " too small (needs " << (trans_b ? K : N) << ")");
+// The packing itself (sizes checked by the callers); dot: bf16 k-pair panels for the AVX512_BF16 kernel.
+static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
+                             DType storage, bool dot) {
   PackedWeight w;
   w.N = N;
   w.K = K;
   w.isa = isa;
   w.nr = panel_width(w.isa);
-  if (bias) {
-    w.bias = Tensor::empty({N});
-    std::copy(bias, bias + N, w.bias.f32());
-  }
   auto at = [&](int64_t n, int64_t k) { return trans_b ? B[n * ldb + k] : B[k * ldb + n]; };
-  if (w.nr == 0) {  // generic: a plain (N, K) copy for Eigen
+  if (w.nr == 0) {  // generic: a plain f32 (N, K) copy for Eigen, whatever the storage asked for
     w.plain = Tensor::empty({N, K});
     float* d = w.plain.f32();
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k) d[n * K + k] = at(n, k);
     return w;
   }
+  w.storage = storage;
+  w.bf16_dot = dot;
   const int64_t nr = w.nr, np = (N + nr - 1) / nr;
-  w.panels = Tensor::zeros({np * std::max<int64_t>(K, 1) * nr});
-  float* d = w.panels.f32();
+  if (storage == DType::F32) {
+    w.panels = Tensor::zeros({np * std::max<int64_t>(K, 1) * nr});
+    float* d = w.panels.f32();
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t j = 0; j < nr && p * nr + j < N; ++j)
+        for (int64_t k = 0; k < K; ++k) d[(p * K + k) * nr + j] = at(p * nr + j, k);
+    return w;
+  }
+  auto half = [storage](float v) { return storage == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v); };
+  if (dot) {  // per panel and k pair: nr columns' (k even, k odd) pairs
+    const int64_t Kh = (K + 1) / 2;
+    w.panels = Tensor::zeros({np * std::max<int64_t>(Kh, 1) * nr * 2}, DType::BF16);
+    uint16_t* d = static_cast<uint16_t*>(w.panels.raw());
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t j = 0; j < nr && p * nr + j < N; ++j)
+        for (int64_t k = 0; k < K; ++k) d[((p * Kh + k / 2) * nr + j) * 2 + (k & 1)] = half(at(p * nr + j, k));
+    return w;
+  }
+  w.panels = Tensor::zeros({np * std::max<int64_t>(K, 1) * nr}, storage);
+  uint16_t* d = static_cast<uint16_t*>(w.panels.raw());
   for (int64_t p = 0; p < np; ++p)
     for (int64_t j = 0; j < nr && p * nr + j < N; ++j)
-      for (int64_t k = 0; k < K; ++k) d[(p * K + k) * nr + j] = at(p * nr + j, k);
+      for (int64_t k = 0; k < K; ++k) d[(p * K + k) * nr + j] = half(at(p * nr + j, k));
   return w;
 }
 
-PackedWeight pack_linear(const Tensor& W, const Tensor& bias) {
+bool bf16_dot_pays() {
+  static const bool pays = [] {
+    if (!cpu::features().avx512_bf16 || cpu::detected_isa() != cpu::Isa::Avx512) return false;
+    if (const char* e = std::getenv("MAMBACV_BF16_DOT")) return std::strcmp(e, "0") != 0;
+    // vdpbf16ps does two k per instruction, but its throughput differs between CPUs (twice the f32 FMA rate on
+    // some, half on others): time both kernels once on a model-sized product, one thread, best of 5.
+    const int64_t M = 196, N = 384, K = 384;
+    std::vector<float> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(N * K)), c(static_cast<size_t>(M * N));
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 7) * 0.125f - 0.375f;
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i % 5) * 0.25f - 0.5f;
+    const ExecContext ctx = ExecContext::cpu(1);
+    auto best = [&](bool dot) {
+      PackedWeight w = pack_weight_raw(cpu::Isa::Avx512, b.data(), K, true, N, K, DType::BF16, dot);
+      double t = 1e30;
+      for (int r = 0; r < 5; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        gemm(ctx, M, a.data(), K, w, c.data(), N);
+        t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return t;
+    };
+    return best(true) < 0.9 * best(false);
+  }();
+  return pays;
+}
+
+PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
+                             const float* bias, DType storage, DotKernel dot) {
+  MAMBACV_CHECK(static_cast<int>(isa) <= static_cast<int>(cpu::detected_isa()),
+                "pack_weight: this CPU (or build) cannot run the " << cpu::isa_name(isa) << " GEMM kernels");
+  MAMBACV_CHECK(N >= 0 && K >= 0, "pack_weight: negative size N=" << N << " K=" << K);
+  MAMBACV_CHECK(N == 0 || K == 0 || B != nullptr, "pack_weight: null weight");
+  MAMBACV_CHECK((trans_b ? N : K) <= 1 || ldb >= (trans_b ? K : N),
+                "pack_weight: row stride " << ldb << " too small (needs " << (trans_b ? K : N) << ")");
+  MAMBACV_CHECK(storage == DType::F32 || storage == DType::F16 || storage == DType::BF16,
+                "pack_weight: storage must be f32, f16 or bf16, got " << dtype_name(storage));
+  const bool dot_possible = storage == DType::BF16 && isa == cpu::Isa::Avx512 && cpu::features().avx512_bf16;
+  MAMBACV_CHECK(dot != DotKernel::Always || dot_possible,
+                "pack_weight: the bf16 dot-product kernel needs bf16 storage, the AVX-512 family and AVX512_BF16");
+  const bool use_dot = dot_possible && (dot == DotKernel::Always || (dot == DotKernel::Auto && bf16_dot_pays()));
+  PackedWeight w = pack_weight_raw(isa, B, ldb, trans_b, N, K, storage, use_dot);
+  if (bias) {
+    w.bias = Tensor::empty({N});
+    std::copy(bias, bias + N, w.bias.f32());
+  }
+  return w;
+}
+
+PackedWeight pack_linear(const Tensor& W, const Tensor& bias, DType storage) {
   MAMBACV_CHECK(W.defined() && W.ndim() == 2 && W.dtype() == DType::F32 && W.device() == Device::Cpu,
                 "pack_linear: expected an f32 (N, K) weight on the CPU, got " << (W.defined() ? W.str() : "none"));
   MAMBACV_CHECK(!bias.defined() || (bias.numel() == W.dim(0) && bias.dtype() == DType::F32),
                 "pack_linear: bias " << bias.str() << " does not match weight " << W.str());
   return pack_weight(W.f32(), W.dim(1), /*trans_b=*/true, W.dim(0), W.dim(1),
-                     bias.defined() ? bias.f32() : nullptr);
+                     bias.defined() ? bias.f32() : nullptr, storage);
 }
 
 void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
@@ -335,7 +512,8 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
   check_gemm_sizes(M, N, K, A, lda, C, ldc);
   MAMBACV_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1, got " << beta);
   OpTrace trace(ctx, "gemm", 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K),
-                4.0 * static_cast<double>(M * K + N * K + M * N));
+                4.0 * static_cast<double>(M * K + M * N) +
+                    static_cast<double>(N * K) * (W.nr > 0 ? static_cast<double>(dtype_size(W.storage)) : 4.0));
   if (M == 0 || N == 0) return;
   const float* bias = W.bias.defined() ? W.bias.f32() : nullptr;
   if (K == 0) return gemm_k0(M, N, C, ldc, bias, beta);

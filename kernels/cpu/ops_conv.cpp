@@ -32,7 +32,7 @@ void check_map(const char* op, const Tensor& x, int64_t channels) {
 }
 }  // namespace
 
-Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw, int ph, int pw) {
+Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw, int ph, int pw, DType storage) {
   MAMBACV_CHECK(w.defined() && w.ndim() == 4 && w.dtype() == DType::F32,
                 "conv2d: weight must be f32 (Cout, Cin, kh, kw), got " << (w.defined() ? w.str() : "none"));
   MAMBACV_CHECK(!bias.defined() || (bias.numel() == w.dim(0) && bias.dtype() == DType::F32),
@@ -58,7 +58,7 @@ Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw,
     for (int k = 0; k < taps; ++k) {
       for (int64_t co = 0; co < c.cout; ++co)
         for (int64_t ci = 0; ci < c.cin; ++ci) t[static_cast<size_t>(co * c.cin + ci)] = src[(co * c.cin + ci) * taps + k];
-      c.taps.push_back(pack_weight(t.data(), c.cin, true, c.cout, c.cin, k == 0 ? b : nullptr));
+      c.taps.push_back(pack_weight(t.data(), c.cin, true, c.cout, c.cin, k == 0 ? b : nullptr, storage));
     }
     return c;
   }
@@ -68,7 +68,7 @@ Conv2dWeight prepare_conv2d(const Tensor& w, const Tensor& bias, int sh, int sw,
   for (int64_t co = 0; co < c.cout; ++co)
     for (int64_t ci = 0; ci < c.cin; ++ci)
       for (int k = 0; k < taps; ++k) wr[static_cast<size_t>((co * taps + k) * c.cin + ci)] = src[(co * c.cin + ci) * taps + k];
-  c.im2col = pack_weight(wr.data(), K, true, c.cout, K, b);
+  c.im2col = pack_weight(wr.data(), K, true, c.cout, K, b, storage);
   return c;
 }
 
