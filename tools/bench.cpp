@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -25,10 +26,23 @@ const char* kBenchHelp =
     "--json prints one object per line: the machine first, then one per batch size.\n"
     "bench --gemm [--threads N] [--dtype D] [--json] times the GEMM alone (weights stored in D) on the models' shapes (1 and N threads).\n";
 
+// The process's RSS high-water mark (MiB): VmHWM, which reset_peak_rss() sets back to the current RSS (Linux
+// /proc/self/clear_refs "5"), so a peak can be taken over the runs of one batch size without the load before it.
 double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // "VmHWM:   123456 kB"
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+// false where the kernel does not allow it (the peak then includes everything since the process started)
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
 }
 }  // namespace
 
@@ -76,7 +90,11 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("%6s %10s %10s %10s %10s %10s %8s %8s\n", "batch", "median_ms", "min_ms", "max_ms", "images/s",
                 "peak_MB", "GFLOP/s", "of_peak");
   }
+  const double load_peak = peak_rss_mb();
+  if (!json) std::printf("peak memory while loading %.1f MB; peak_MB below: while running each batch size%s\n",
+                         load_peak, reset_peak_rss() ? "" : " (cannot reset the high-water mark here: since start)");
   for (int b : batches) {
+    reset_peak_rss();
     Tensor x = Tensor::empty({b, 3, size, size});
     std::mt19937 rng(static_cast<unsigned>(b));
     std::normal_distribution<float> nd(0, 1);
@@ -110,7 +128,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                           {"batch", b},           {"size", size},
                           {"threads", threads},   {"median_ms", median},
                           {"min_ms", sorted.front()}, {"max_ms", sorted.back()},
-                          {"images_per_s", ips},  {"peak_rss_mb", peak_rss_mb()},
+                          {"images_per_s", ips},  {"peak_rss_mb", peak_rss_mb()}, {"load_peak_rss_mb", load_peak},
                           {"fma_peak_gflops", peak}, {"gemm_gflops", machine.gemm_gflops},
                           {"gemm_backend", machine.gemm_backend}, {"model_gflop", gflop},
                           {"achieved_gflops", achieved}, {"peak_fraction", frac},
