@@ -172,3 +172,34 @@ TEST(Precision, SaturatingScanOutputStaysFiniteUnderCoreV0) {
   EXPECT_TRUE(lines[0]["passed"].get<bool>());
   EXPECT_EQ(lines[0]["tensors"][0]["v1_vs_v0"]["rel_l2"].get<double>() <= 1e-5, true);
 }
+
+// The policy helper: core v0 saturates f16 (finite stays finite), core v1 overflows as IEEE does, and a watch
+// records the first boundary with a non-finite value, with its scope, core and dtype.
+TEST(Precision, ApplySaturatesUnderCoreV0AndWatchNamesTheBoundary) {
+  using detail::Boundary;
+  auto values = [] {
+    Tensor t = Tensor::empty({4});
+    t.f32()[0] = 1e6f, t.f32()[1] = -1e6f, t.f32()[2] = 1.0f, t.f32()[3] = 70000.0f;
+    return t;
+  };
+  detail::FiniteWatch watch;
+  detail::Policy v0{DType::F16, Core::V0, &watch}, v1{DType::F16, Core::V1, &watch};
+  Tensor a = values();
+  v0.scope("stage.1.block.0");
+  v0.apply(kCtx, Boundary::Activation, a);
+  EXPECT_EQ(a.f32()[0], 65504.0f);
+  EXPECT_EQ(a.f32()[1], -65504.0f);
+  EXPECT_EQ(a.f32()[2], 1.0f);
+  EXPECT_EQ(a.f32()[3], 65504.0f);
+  EXPECT_FALSE(watch.found);
+  Tensor kept = values();
+  v0.apply(kCtx, Boundary::ScanOut, kept);  // v0 keeps the scan output in f32: untouched
+  EXPECT_EQ(kept.f32()[0], 1e6f);
+  Tensor b = values();
+  v1.scope("stage.2.block.3");
+  v1.apply(kCtx, Boundary::ScanOut, b);
+  EXPECT_TRUE(std::isinf(b.f32()[0]) && b.f32()[0] > 0);
+  EXPECT_TRUE(std::isinf(b.f32()[1]) && b.f32()[1] < 0);
+  ASSERT_TRUE(watch.found);
+  EXPECT_EQ(watch.first, "stage.2.block.3 scan_out (core v1, f16)");
+}
