@@ -30,35 +30,43 @@ std::string supports_f32(const char* op, std::initializer_list<Operand> operands
 void require_f32(const char* op, std::initializer_list<Operand> operands);
 
 // ---- matrix products --------------------------------------------------------------------------------------------
+// The kernel bf16 weights run on (f32 and f16 weights always take the f32 FMA kernels, f16 widened as loaded):
+//   Widen: bf16 panels widened to f32 in the FMA kernels (any AVX2 / AVX-512 CPU);
+//   Dot:   AVX512_BF16 vdpbf16ps, two k per instruction, A converted to bf16 per call;
+//   Amx:   AMX tiles (tdpbf16ps, 16 x 16 x 32 per instruction), A converted to bf16 per call.
+// Auto takes the fastest this CPU has, timed once per process on a model-sized product (MAMBACV_BF16_KERNEL=
+// widen|dot|amx decides instead, where the CPU has it); a weight with K < 32 keeps Widen rather than Amx.
+enum class Bf16Kernel { Auto, Widen, Dot, Amx };
+const char* bf16_kernel_name(Bf16Kernel k);  // "widen", "dot", "amx"
+Bf16Kernel best_bf16_kernel();               // what Auto resolves to on this CPU
+
 // A weight matrix prepared once, at load, for the GEMM backend that cpu_isa() selects: W (N, K) for y = x @ W^T
 // (PyTorch Linear layout), packed into panels of `nr` columns (K x nr, k-major, zero-padded) for the AVX-512 /
 // AVX2 kernels, or kept as a plain (N, K) f32 copy for the portable one. Optional bias (N, f32).
-// storage: the panels' element type. f16 / bf16 halve the weight memory; the kernels widen them to f32 as they
-// load (products and sums in f32). bf16 on an AVX-512 CPU with AVX512_BF16 takes the dot-product kernel instead
-// (bf16_dot: vdpbf16ps, two k per instruction, A converted to bf16 per call; panels hold k pairs).
+// storage: the panels' element type; f16 / bf16 halve the weight memory (products and sums stay f32). For the Dot
+// and Amx kernels the bf16 panels hold k pairs: per panel and pair, the nr columns' (k even, k odd) values.
 struct PackedWeight {
   int64_t N = 0, K = 0;
   cpu::Isa isa = cpu::Isa::Generic;
-  int nr = 0;                    // panel width (32 avx512, 16 avx2, 0 generic)
-  DType storage = DType::F32;    // panels' element type (F32 for the generic backend)
-  bool bf16_dot = false;         // bf16 panels for the AVX512_BF16 kernel (k pairs)
-  Tensor panels;                 // ceil(N / nr) * K * nr values (nr > 0); bf16_dot: ceil(N/nr) * ceil(K/2) * nr * 2
-  Tensor plain;                  // (N, K) (nr == 0)
-  Tensor bias;                   // (N) or undefined
+  int nr = 0;                            // panel width (32 avx512, 16 avx2, 0 generic)
+  DType storage = DType::F32;            // panels' element type (F32 for the generic backend)
+  Bf16Kernel bf16 = Bf16Kernel::Widen;   // bf16 storage: the kernel it was packed for
+  int64_t kpairs = 0;                    // Dot / Amx: k pairs per panel (ceil(K / 2); Amx: a multiple of 16)
+  Tensor panels;                         // ceil(N / nr) * K * nr values; Dot / Amx: ceil(N / nr) * kpairs * nr * 2
+  Tensor plain;                          // (N, K) (nr == 0)
+  Tensor bias;                           // (N) or undefined
   bool defined() const { return N > 0; }
 };
 // B (N, K) with row stride ldb when trans_b, else B (K, N) (op(B) = B^T (K x N) either way); bias (N) or null.
 PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
                          const float* bias = nullptr, DType storage = DType::F32);
-// Whether bf16 weights take the AVX512_BF16 dot-product kernel: Auto when it measured faster than the widening
-// kernel on this CPU (timed once per process; MAMBACV_BF16_DOT=0|1 decides instead), or as told (tests).
-enum class DotKernel { Auto, Never, Always };
-// true when this CPU has AVX512_BF16 and its dot-product kernel beats widening bf16 to f32 (see DotKernel)
-bool bf16_dot_pays();
 // The same for a given kernel family instead of cpu_isa()'s (tests run every family on one machine; an ISA above
-// detected_isa() is refused).
+// detected_isa() is refused) and, for bf16 storage, a given kernel (one the CPU lacks is refused).
 PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                             const float* bias = nullptr, DType storage = DType::F32, DotKernel dot = DotKernel::Auto);
+                             const float* bias = nullptr, DType storage = DType::F32,
+                             Bf16Kernel bf16 = Bf16Kernel::Auto);
+// Whether this CPU can run a bf16 kernel (Widen: AVX2; Dot: AVX-512 + AVX512_BF16; Amx: amx_available()).
+bool bf16_kernel_runs(Bf16Kernel k);
 // W (N, K) f32 [+ bias (N)].
 PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType storage = DType::F32);
 

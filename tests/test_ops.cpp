@@ -114,33 +114,33 @@ TEST(Ops, GemmMatchesReferenceEveryKernel) {
 
 // The work split (M chunks x panel groups, packed or in-place A) depends on the thread budget: every budget must
 // give the reference's result, whatever the machine's core count.
-// Half-precision weight storage: the widening kernels (f16, bf16) on every ISA and the AVX512_BF16 dot kernel
-// (where the CPU has it) against the reference on the rounded weights (and, for the dot kernel, rounded A).
+// Half-precision weight storage: the widening kernels (f16, bf16) on every ISA and the bf16 dot-product kernels
+// this CPU has (AVX512_BF16, AMX) against the reference on the rounded weights (and, for the dot kernels, A).
 TEST(Ops, GemmHalfPrecisionWeights) {
-  const GemmCase cases[] = {{1, 1, 1},    {1, 17, 33},  {3, 5, 7},     {17, 33, 15},  {197, 384, 192},
-                            {2, 300, 1},  {300, 2, 45}, {13, 40, 384}, {229, 31, 70}, {7, 70, 1100},
-                            {450, 129, 9}, {28, 64, 513}, {14, 32, 2},  {15, 16, 3}};
-  const bool have_dot = cpu::features().avx512_bf16 && cpu::detected_isa() == cpu::Isa::Avx512;
-  int dot_runs = 0;
+  const GemmCase cases[] = {{1, 1, 1},     {1, 17, 33},   {3, 5, 7},     {17, 33, 15},  {197, 384, 192},
+                            {2, 300, 1},   {300, 2, 45},  {13, 40, 384}, {229, 31, 70}, {7, 70, 1100},
+                            {450, 129, 9}, {28, 64, 513}, {14, 32, 2},   {15, 16, 3},   {33, 48, 64}, {64, 32, 31}};
+  int runs[3] = {0, 0, 0};
   for (cpu::Isa isa : runnable_isas()) {
     if (isa == cpu::Isa::Generic) continue;  // the portable backend keeps f32
     for (DType st : {DType::F16, DType::BF16})
-      for (bool dot : {false, true}) {
-        if (dot && (st != DType::BF16 || isa != cpu::Isa::Avx512 || !have_dot)) continue;
+      for (ops::Bf16Kernel kern : {ops::Bf16Kernel::Widen, ops::Bf16Kernel::Dot, ops::Bf16Kernel::Amx}) {
+        const bool pairs = kern != ops::Bf16Kernel::Widen;
+        if (pairs && (st != DType::BF16 || isa != cpu::Isa::Avx512 || !ops::bf16_kernel_runs(kern))) continue;
         for (const GemmCase& gc : cases)
           for (float beta : {0.0f, 1.0f}) {
             const int64_t M = gc.M, N = gc.N, K = gc.K, lda = K + 1, ldc = N + 2;
             Tensor A = rnd({M, lda}), B = rnd({N, K}), bias = rnd({N}), C0 = rnd({M, ldc});
             Tensor C = C0.clone(), Cr = C0.clone();
-            const ops::PackedWeight W =
-                ops::pack_weight_for(isa, B.f32(), K, true, N, K, bias.f32(), st,
-                                     dot ? ops::DotKernel::Always : ops::DotKernel::Never);
-            ASSERT_EQ(W.bf16_dot, dot);
+            const ops::PackedWeight W = ops::pack_weight_for(isa, B.f32(), K, true, N, K, bias.f32(), st, kern);
             ASSERT_EQ(W.storage, st);
+            if (st == DType::BF16) {
+              ASSERT_EQ(W.bf16, kern);
+            }
             ops::gemm(kCtx, M, A.f32(), lda, W, C.f32(), ldc, beta);
             Tensor Br = B.clone(), Ar = A.clone();
             ops::round_to(kCtx, st, false, Br);
-            if (dot) ops::round_to(kCtx, DType::BF16, false, Ar);
+            if (pairs) ops::round_to(kCtx, DType::BF16, false, Ar);
             ops::ref::gemm(M, N, K, Ar.f32(), lda, Br.f32(), K, true, Cr.f32(), ldc, bias.f32(), beta);
             std::vector<float> a, r;
             for (int64_t m = 0; m < M; ++m)
@@ -153,13 +153,19 @@ TEST(Ops, GemmHalfPrecisionWeights) {
                 }
               }
             EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
-                << cpu::isa_name(isa) << " " << dtype_name(st) << (dot ? " dot" : "") << " M=" << M << " N=" << N
-                << " K=" << K << " beta=" << beta;
-            dot_runs += dot;
+                << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern) << " M=" << M
+                << " N=" << N << " K=" << K << " beta=" << beta;
+            ++runs[static_cast<int>(kern) - 1];
           }
       }
   }
-  if (have_dot) EXPECT_GT(dot_runs, 0);
+  EXPECT_GT(runs[0], 0);
+  if (ops::bf16_kernel_runs(ops::Bf16Kernel::Dot)) {
+    EXPECT_GT(runs[1], 0);
+  }
+  if (ops::bf16_kernel_runs(ops::Bf16Kernel::Amx)) {
+    EXPECT_GT(runs[2], 0);
+  }
   // half the memory of f32 panels (the SIMD families; the portable backend keeps an f32 copy)
   Tensor B = rnd({96, 384});
   for (cpu::Isa isa : runnable_isas()) {

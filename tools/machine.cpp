@@ -90,7 +90,10 @@ int bench_gemm(int threads, bool json, DType storage) {
   if (nt > 1) counts.push_back(nt);
   const ops::PackedWeight probe = ops::pack_weight(nullptr, 1, true, 0, 0, nullptr, storage);
   const std::string path = std::string(ops::gemm_backend()) + ", weights " + dtype_name(probe.storage) +
-                           (probe.bf16_dot ? " (AVX512_BF16 dot products)" : probe.storage != DType::F32 ? " (widened to f32)" : "");
+                           (probe.storage == DType::BF16 && probe.bf16 == ops::Bf16Kernel::Amx   ? " (AMX tiles)"
+                            : probe.storage == DType::BF16 && probe.bf16 == ops::Bf16Kernel::Dot ? " (AVX512_BF16 dot products)"
+                            : probe.storage != DType::F32                                        ? " (widened to f32)"
+                                                                                                 : "");
   if (!json) std::printf("gemm backend %s, packed once, C = A (M, K) @ W^T (N, K)\n", path.c_str());
   for (int t : counts) {
     const double peak = cpu::measure_fma_peak_gflops(t);

@@ -31,6 +31,7 @@
 
 #include <Eigen/Core>
 
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -226,7 +227,7 @@ struct KernelTables {
 // storage of W (the bf16 dot kernel always reads bf16 rows of A)
 Ukr micro_kernel(const PackedWeight& W, int h, unsigned ncols, bool row_a) {
   const size_t i = static_cast<size_t>(h - 1);
-  if (W.bf16_dot) {
+  if (W.bf16 == Bf16Kernel::Dot) {
     static constexpr std::array<Ukr, kMR512> dot[2] = {avx512_dot_table<1>(std::make_integer_sequence<int, kMR512>{}),
                                                        avx512_dot_table<2>(std::make_integer_sequence<int, kMR512>{})};
     return dot[ncols > 16 ? 1 : 0][i];
@@ -282,34 +283,19 @@ void gemm_k0(int64_t M, int64_t N, float* C, int64_t ldc, const float* bias, flo
     for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = (beta != 0.0f ? beta * C[i * ldc + j] : 0.0f) + (bias ? bias[j] : 0.0f);
 }
 
-// A (M, K) f32 -> bf16 rows as k pairs (M, ceil(K/2)) uint32, the odd K padded with zero (round to nearest even).
-void a_to_bf16_pairs(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, int64_t K, uint32_t* dst) {
-  const int64_t Kh = (K + 1) / 2;
-  parallel_for(ctx, M, static_cast<double>(M * K), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float* r = A + i * lda;
-      uint32_t* d = dst + i * Kh;
-      for (int64_t kh = 0; kh < Kh; ++kh) {
-        const uint32_t lo = f32_to_bf16(r[2 * kh]);
-        const uint32_t hi = 2 * kh + 1 < K ? f32_to_bf16(r[2 * kh + 1]) : 0u;
-        d[kh] = lo | (hi << 16);
-      }
-    }
-  });
-}
-
 void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W,
                       float* C, int64_t ldc, const float* bias, float beta) {
   const cpu::Isa isa = W.isa;
   const int mr = tile_rows(isa), nr = W.nr;
   const int64_t N = W.N;
-  // the bf16 dot kernel counts k in pairs: its "K" is ceil(K / 2) pairs of bf16 rows of A
-  const int64_t K = W.bf16_dot ? (W.K + 1) / 2 : W.K;
+  // the bf16 dot kernel counts k in pairs: its "K" is the panels' k pairs, A converted to bf16 pair rows
+  const bool dot = W.bf16 == Bf16Kernel::Dot && W.storage == DType::BF16;
+  const int64_t K = dot ? W.kpairs : W.K;
   // M chunks of at most kChunkPanels micro-panels, as even as possible
   const int64_t mchunks = (M + int64_t(mr) * kChunkPanels - 1) / (int64_t(mr) * kChunkPanels);
   const int64_t MC = (M + mchunks - 1) / mchunks, npanels = (N + nr - 1) / nr;
   // k blocks of at most kKC (k pairs: kKC / 2), as even as possible
-  const int64_t kc_lim = W.bf16_dot ? kKC / 2 : kKC;
+  const int64_t kc_lim = dot ? kKC / 2 : kKC;
   const int64_t nkb = (K + kc_lim - 1) / kc_lim, kc_max = (K + nkb - 1) / nkb;
   // enough work items for the threads: split the panels when M gives fewer than 2 chunks per thread
   int64_t ngroups = 1;
@@ -318,15 +304,15 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
   // Packing A costs about one pass over it per work item; with few panels to reuse it over, reading A's rows in
   // place is cheaper (measured on the models' shapes: up to 8 panels per item, unless K is tiny). The bf16 dot
   // kernel reads A as bf16 rows, converted once here.
-  const bool row_a = W.bf16_dot || ((npanels + ngroups - 1) / ngroups <= 8 && K >= 32);
+  const bool row_a = dot || ((npanels + ngroups - 1) / ngroups <= 8 && K >= 32);
   const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(W.K);
   const int workers = parallel_workers(ctx, items, work);
   Tensor apack, abf;
   const void* a_rows = A;
   int64_t a_ld = lda;
-  if (W.bf16_dot) {
+  if (dot) {
     abf = ctx.empty({M, K}, DType::I32);
-    a_to_bf16_pairs(ctx, M, A, lda, W.K, static_cast<uint32_t*>(abf.raw()));
+    a_to_bf16_pairs(ctx, M, A, lda, W.K, K, static_cast<uint32_t*>(abf.raw()));
     a_rows = abf.raw();
     a_ld = K;
   } else if (!row_a) {
@@ -336,7 +322,7 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
   constexpr int64_t a_es = 4;  // bytes per A element: an f32, or a uint32 bf16 pair
   const char* panels = static_cast<const char*>(W.panels.raw());
   // bytes per k step of a panel: nr values (f32 / f16 / bf16), or nr bf16 pairs for the dot kernel
-  const int64_t step_bytes = static_cast<int64_t>(nr) * (W.bf16_dot ? 4 : static_cast<int64_t>(dtype_size(W.storage)));
+  const int64_t step_bytes = static_cast<int64_t>(nr) * (dot ? 4 : static_cast<int64_t>(dtype_size(W.storage)));
   parallel_for_tid(ctx, items, work, [&](int64_t b, int64_t e, int tid) {
     float* ap = row_a ? nullptr : apack_base + static_cast<int64_t>(tid) * MC * kc_max;
     int heights[kChunkPanels];
@@ -405,8 +391,8 @@ PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, i
 }
 
 // The packing itself (sizes checked by the callers); dot: bf16 k-pair panels for the AVX512_BF16 kernel.
-static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                             DType storage, bool dot) {
+static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N,
+                                    int64_t K, DType storage, Bf16Kernel kernel) {
   PackedWeight w;
   w.N = N;
   w.K = K;
@@ -421,7 +407,8 @@ static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, b
     return w;
   }
   w.storage = storage;
-  w.bf16_dot = dot;
+  const bool pairs = storage == DType::BF16 && kernel != Bf16Kernel::Widen;
+  w.bf16 = storage == DType::BF16 ? kernel : Bf16Kernel::Widen;
   const int64_t nr = w.nr, np = (N + nr - 1) / nr;
   if (storage == DType::F32) {
     w.panels = Tensor::zeros({np * std::max<int64_t>(K, 1) * nr});
@@ -432,8 +419,9 @@ static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, b
     return w;
   }
   auto half = [storage](float v) { return storage == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v); };
-  if (dot) {  // per panel and k pair: nr columns' (k even, k odd) pairs
-    const int64_t Kh = (K + 1) / 2;
+  if (pairs) {  // per panel and k pair: nr columns' (k even, k odd) pairs; Amx: whole 16-pair tiles
+    const int64_t Kh = kernel == Bf16Kernel::Amx ? (K + 31) / 32 * 16 : (K + 1) / 2;
+    w.kpairs = Kh;
     w.panels = Tensor::zeros({np * std::max<int64_t>(Kh, 1) * nr * 2}, DType::BF16);
     uint16_t* d = static_cast<uint16_t*>(w.panels.raw());
     for (int64_t p = 0; p < np; ++p)
@@ -449,34 +437,65 @@ static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, b
   return w;
 }
 
-bool bf16_dot_pays() {
-  static const bool pays = [] {
-    if (!cpu::features().avx512_bf16 || cpu::detected_isa() != cpu::Isa::Avx512) return false;
-    if (const char* e = std::getenv("MAMBACV_BF16_DOT")) return std::strcmp(e, "0") != 0;
-    // vdpbf16ps does two k per instruction, but its throughput differs between CPUs (twice the f32 FMA rate on
-    // some, half on others): time both kernels once on a model-sized product, one thread, best of 5.
+const char* bf16_kernel_name(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::Dot:
+      return "dot";
+    case Bf16Kernel::Amx:
+      return "amx";
+    case Bf16Kernel::Widen:
+      return "widen";
+    default:
+      return "auto";
+  }
+}
+
+bool bf16_kernel_runs(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::Widen:
+      return cpu::cpu_isa() != cpu::Isa::Generic;
+    case Bf16Kernel::Dot:
+      return cpu::cpu_isa() == cpu::Isa::Avx512 && cpu::features().avx512_bf16;
+    case Bf16Kernel::Amx:
+      return cpu::cpu_isa() == cpu::Isa::Avx512 && amx_available();
+    default:
+      return true;
+  }
+}
+
+Bf16Kernel best_bf16_kernel() {
+  static const Bf16Kernel best = [] {
+    if (const char* e = std::getenv("MAMBACV_BF16_KERNEL")) {
+      for (Bf16Kernel k : {Bf16Kernel::Widen, Bf16Kernel::Dot, Bf16Kernel::Amx})
+        if (std::strcmp(e, bf16_kernel_name(k)) == 0 && bf16_kernel_runs(k)) return k;
+    }
+    // The dot-product instructions' throughput differs between CPUs (vdpbf16ps: twice the f32 FMA rate on some,
+    // half on others): time each kernel this CPU has once on a model-sized product, one thread, best of 5.
     const int64_t M = 196, N = 384, K = 384;
     std::vector<float> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(N * K)), c(static_cast<size_t>(M * N));
     for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 7) * 0.125f - 0.375f;
     for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i % 5) * 0.25f - 0.5f;
     const ExecContext ctx = ExecContext::cpu(1);
-    auto best = [&](bool dot) {
-      PackedWeight w = pack_weight_raw(cpu::Isa::Avx512, b.data(), K, true, N, K, DType::BF16, dot);
+    Bf16Kernel pick = Bf16Kernel::Widen;
+    double best_t = 1e30;
+    for (Bf16Kernel k : {Bf16Kernel::Widen, Bf16Kernel::Dot, Bf16Kernel::Amx}) {
+      if (!bf16_kernel_runs(k)) continue;
+      const PackedWeight w = pack_weight_raw(cpu::cpu_isa(), b.data(), K, true, N, K, DType::BF16, k);
       double t = 1e30;
       for (int r = 0; r < 5; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
         gemm(ctx, M, a.data(), K, w, c.data(), N);
         t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
-      return t;
-    };
-    return best(true) < 0.9 * best(false);
+      if (t < 0.9 * best_t) best_t = t, pick = k;  // a new kernel must win by 10%
+    }
+    return pick;
   }();
-  return pays;
+  return best;
 }
 
 PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
-                             const float* bias, DType storage, DotKernel dot) {
+                             const float* bias, DType storage, Bf16Kernel bf16) {
   MAMBACV_CHECK(static_cast<int>(isa) <= static_cast<int>(cpu::detected_isa()),
                 "pack_weight: this CPU (or build) cannot run the " << cpu::isa_name(isa) << " GEMM kernels");
   MAMBACV_CHECK(N >= 0 && K >= 0, "pack_weight: negative size N=" << N << " K=" << K);
@@ -485,11 +504,15 @@ PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool tra
                 "pack_weight: row stride " << ldb << " too small (needs " << (trans_b ? K : N) << ")");
   MAMBACV_CHECK(storage == DType::F32 || storage == DType::F16 || storage == DType::BF16,
                 "pack_weight: storage must be f32, f16 or bf16, got " << dtype_name(storage));
-  const bool dot_possible = storage == DType::BF16 && isa == cpu::Isa::Avx512 && cpu::features().avx512_bf16;
-  MAMBACV_CHECK(dot != DotKernel::Always || dot_possible,
-                "pack_weight: the bf16 dot-product kernel needs bf16 storage, the AVX-512 family and AVX512_BF16");
-  const bool use_dot = dot_possible && (dot == DotKernel::Always || (dot == DotKernel::Auto && bf16_dot_pays()));
-  PackedWeight w = pack_weight_raw(isa, B, ldb, trans_b, N, K, storage, use_dot);
+  Bf16Kernel kernel = Bf16Kernel::Widen;
+  if (storage == DType::BF16 && isa == cpu::Isa::Avx512) {
+    kernel = bf16 == Bf16Kernel::Auto ? best_bf16_kernel() : bf16;
+    // AMX works on whole 32-deep k tiles: a short K (dt_proj's 6 or 12) would be mostly padding
+    if (bf16 == Bf16Kernel::Auto && kernel == Bf16Kernel::Amx && K < 32) kernel = Bf16Kernel::Widen;
+    MAMBACV_CHECK(bf16_kernel_runs(kernel), "pack_weight: this CPU cannot run the bf16 " << bf16_kernel_name(kernel)
+                                                                                        << " kernel");
+  }
+  PackedWeight w = pack_weight_raw(isa, B, ldb, trans_b, N, K, storage, kernel);
   if (bias) {
     w.bias = Tensor::empty({N});
     std::copy(bias, bias + N, w.bias.f32());
@@ -517,6 +540,7 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
   if (M == 0 || N == 0) return;
   const float* bias = W.bias.defined() ? W.bias.f32() : nullptr;
   if (K == 0) return gemm_k0(M, N, C, ldc, bias, beta);
+  if (W.storage == DType::BF16 && W.bf16 == Bf16Kernel::Amx) return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta);
   if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta);
   // generic: Eigen on the plain copy; C is initialised with bias / beta * C first, the product added into it
   MutMap c(C, M, N, Eigen::OuterStride<>(std::max(ldc, N)));
