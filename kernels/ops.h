@@ -65,7 +65,8 @@ PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, i
 PackedWeight pack_weight_for(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K,
                              const float* bias = nullptr, DType storage = DType::F32,
                              Bf16Kernel bf16 = Bf16Kernel::Auto);
-// Whether this CPU can run a bf16 kernel (Widen: AVX2; Dot: AVX-512 + AVX512_BF16; Amx: amx_available()).
+// Whether this CPU can run a bf16 kernel (Widen: AVX2; Dot: AVX-512 + AVX512_BF16; Amx: amx_available()),
+// whatever MAMBACV_ISA selects (Auto takes Widen when it lowers the dispatch below AVX-512).
 bool bf16_kernel_runs(Bf16Kernel k);
 // W (N, K) f32 [+ bias (N)].
 PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType storage = DType::F32);

@@ -34,6 +34,7 @@ int cmd_info(const std::vector<std::string>& argv) {
   std::printf("cpu         %s (%s)\n", cpu::cpu_name().c_str(), cpu::feature_string().c_str());
   std::printf("kernels     gemm %s, selective scan %s, depthwise conv %s; threads %d\n", ops::gemm_backend(),
               cpu::isa_name(cpu::cpu_isa()), cpu::isa_name(cpu::cpu_isa()), resolve_threads(opt.threads));
+  std::printf("precision   %s, core %s\n", precision_path(opt.dtype).c_str(), core_name(opt.core));
   std::printf("model       %s (%s)\n", cfg.name.c_str(), cfg.path.c_str());
   std::printf("arch        %s\n", cfg.arch.c_str());
   std::printf("parameters  %lld (%.2fM)\n", static_cast<long long>(model.num_parameters()),

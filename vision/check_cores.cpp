@@ -1,6 +1,8 @@
 // check_cores: both scan cores on one input, against each other and against f32 (mambacv/mambacv.h).
 #include <algorithm>
 
+#include "kernels/cpu_info.h"
+#include "kernels/ops.h"
 #include "mambacv/mambacv.h"
 
 namespace mambacv {
@@ -17,9 +19,16 @@ int64_t argmax_row(const Tensor& logits, int64_t b) {
 
 std::string precision_path(DType dtype) {
   if (dtype == DType::F32) return "f32";
-  return std::string(dtype_name(dtype)) +
-         " emulated: f32 arithmetic on values rounded to " + dtype_name(dtype) +
-         " at the policy's boundaries; weights rounded at load, stored f32";
+  const std::string d = dtype_name(dtype);
+  std::string gemm = "GEMM weights stored " + d + ", widened to f32 in the FMA kernels";
+  if (cpu::cpu_isa() == cpu::Isa::Generic) {
+    gemm = "GEMM weights kept f32 (portable backend)";
+  } else if (dtype == DType::BF16 && ops::best_bf16_kernel() == ops::Bf16Kernel::Amx) {
+    gemm = "GEMM on AMX tiles (bf16 products, f32 sums; K < 32 widened), weights stored bf16";
+  } else if (dtype == DType::BF16 && ops::best_bf16_kernel() == ops::Bf16Kernel::Dot) {
+    gemm = "GEMM on AVX512_BF16 dot products (f32 sums), weights stored bf16";
+  }
+  return d + ": " + gemm + "; other ops f32 arithmetic on values rounded to " + d + " at the policy's boundaries";
 }
 
 CoreCheckReport check_cores(const ModelConfig& config, const TensorMap* weights, const Tensor& x, DType dtype,

@@ -453,11 +453,11 @@ const char* bf16_kernel_name(Bf16Kernel k) {
 bool bf16_kernel_runs(Bf16Kernel k) {
   switch (k) {
     case Bf16Kernel::Widen:
-      return cpu::cpu_isa() != cpu::Isa::Generic;
+      return cpu::detected_isa() != cpu::Isa::Generic;
     case Bf16Kernel::Dot:
-      return cpu::cpu_isa() == cpu::Isa::Avx512 && cpu::features().avx512_bf16;
+      return cpu::detected_isa() == cpu::Isa::Avx512 && cpu::features().avx512_bf16;
     case Bf16Kernel::Amx:
-      return cpu::cpu_isa() == cpu::Isa::Avx512 && amx_available();
+      return amx_available();
     default:
       return true;
   }
@@ -465,6 +465,7 @@ bool bf16_kernel_runs(Bf16Kernel k) {
 
 Bf16Kernel best_bf16_kernel() {
   static const Bf16Kernel best = [] {
+    if (cpu::cpu_isa() != cpu::Isa::Avx512) return Bf16Kernel::Widen;  // MAMBACV_ISA lowered, or no AVX-512
     if (const char* e = std::getenv("MAMBACV_BF16_KERNEL")) {
       for (Bf16Kernel k : {Bf16Kernel::Widen, Bf16Kernel::Dot, Bf16Kernel::Amx})
         if (std::strcmp(e, bf16_kernel_name(k)) == 0 && bf16_kernel_runs(k)) return k;
@@ -480,7 +481,7 @@ Bf16Kernel best_bf16_kernel() {
     double best_t = 1e30;
     for (Bf16Kernel k : {Bf16Kernel::Widen, Bf16Kernel::Dot, Bf16Kernel::Amx}) {
       if (!bf16_kernel_runs(k)) continue;
-      const PackedWeight w = pack_weight_raw(cpu::cpu_isa(), b.data(), K, true, N, K, DType::BF16, k);
+      const PackedWeight w = pack_weight_raw(cpu::Isa::Avx512, b.data(), K, true, N, K, DType::BF16, k);
       double t = 1e30;
       for (int r = 0; r < 5; ++r) {
         const auto t0 = std::chrono::steady_clock::now();

@@ -138,8 +138,8 @@ struct CoreCheckReport {
   int64_t top1_agree = 0, top1_total = 0;  // classifiers: batch items whose top-1 class the two cores share
   bool passed = false;  // every row within tolerance and every value of both cores finite
 };
-// How this build computes in `dtype` on the CPU, for bench / info: "f32", or for f16 / bf16 the emulated path
-// (f32 arithmetic on values rounded at the precision policy's boundaries, weights rounded once at load).
+// How this build computes in `dtype` on this CPU, for bench / info: "f32", or for f16 / bf16 the GEMM kernel and
+// weight storage it takes and how the other ops round (f32 arithmetic on values rounded at the policy's boundaries).
 std::string precision_path(DType dtype);
 
 // weights: the model's tensors, or null for random weights (Model::random, seed 0). x (B, 3, H, W) f32.
