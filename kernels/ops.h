@@ -30,6 +30,13 @@ std::string supports_f32(const char* op, std::initializer_list<Operand> operands
 void require_f32(const char* op, std::initializer_list<Operand> operands);
 
 // ---- matrix products --------------------------------------------------------------------------------------------
+// Rounding of a product's stored values to a reduced dtype (the precision policy's rounding fused into the GEMM's
+// store; F32: none). saturate: f16 values beyond +-65504 become +-65504 (see round_to).
+struct Rounding {
+  DType dtype = DType::F32;
+  bool saturate = false;
+};
+
 // The kernel bf16 weights run on (f32 and f16 weights always take the f32 FMA kernels, f16 widened as loaded):
 //   Widen: bf16 panels widened to f32 in the FMA kernels (any AVX2 / AVX-512 CPU);
 //   Dot:   AVX512_BF16 vdpbf16ps, two k per instruction, A converted to bf16 per call;
@@ -72,12 +79,13 @@ bool bf16_kernel_runs(Bf16Kernel k);
 PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType storage = DType::F32);
 
 // y (rows, N) (=|+=) x (rows, K) @ W^T + W.bias, over the last dimension of x and y (all leading dims are rows).
-// accumulate: y += the product (the bias is added too).
-void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate = false);
+// accumulate: y += the product (the bias is added too). round: the stored values (after the sum) rounded.
+void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate = false,
+            Rounding round = {});
 // The same product on row-strided raw operands (backends and ops that work on sub-matrices): C (M, N) with row
-// stride ldc = A (M, K) with row stride lda @ W^T [+ bias] [+ beta * C], beta 0 or 1.
+// stride ldc = A (M, K) with row stride lda @ W^T [+ bias] [+ beta * C], beta 0 or 1, then rounded as `round`.
 void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-          int64_t ldc, float beta = 0.0f);
+          int64_t ldc, float beta = 0.0f, Rounding round = {});
 // Names the backend cpu_isa() selects: "mambacv-avx512 (14x32)", "mambacv-avx2 (6x16)" or "eigen".
 const char* gemm_backend();
 

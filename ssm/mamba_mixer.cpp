@@ -29,8 +29,7 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
 
   // xz (B, T, 2E) = in_proj(h): x = channels [0, E), z = channels [E, 2E)
   Tensor xz = ctx.empty({B, T, 2 * E});
-  ops::linear(ctx, h, w.in_proj, xz);
-  policy.apply(ctx, Boundary::Activation, xz);
+  policy.linear(ctx, Boundary::Activation, h, w.in_proj, xz);
 
   // per direction: u (B, T, E) = silu(conv(x)), x_dbl (B, T, R+2N) = x_proj(u), delta (B, T, E) = dt_proj.W @ dt
   Tensor u[2], xdbl[2], delta[2];
@@ -40,8 +39,7 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
     ops::conv1d_tokens(ctx, xz, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);  // reads the x half
     policy.apply(ctx, Boundary::Activation, u[k]);  // the fused conv + silu rounds once, at its output
     xdbl[k] = ctx.empty({B, T, P});
-    ops::linear(ctx, u[k], dw[k]->x_proj, xdbl[k]);
-    policy.apply(ctx, Boundary::Activation, xdbl[k]);
+    policy.linear(ctx, Boundary::Activation, u[k], dw[k]->x_proj, xdbl[k]);
     delta[k] = ctx.empty({B, T, E});
     ops::dt_projection(ctx, xdbl[k], P, dw[k]->dt_proj, delta[k]);
     policy.apply(ctx, Boundary::Activation, delta[k]);
@@ -80,8 +78,7 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
   // out (B, T, D) = out_proj(y)
   policy.apply(ctx, Boundary::OutProjIn, y);
   Tensor out = ctx.empty({B, T, D});
-  ops::linear(ctx, y, w.out_proj, out);
-  policy.apply(ctx, Boundary::OutProjOut, out);
+  policy.linear(ctx, Boundary::OutProjOut, y, w.out_proj, out);
   return out;
 }
 

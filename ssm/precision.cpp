@@ -35,5 +35,10 @@ void Policy::apply(const ExecContext& ctx, Boundary b, Tensor& t) const {
   }
 }
 
+void Policy::linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const {
+  ops::linear(ctx, x, W, y, /*accumulate=*/false, ops::Rounding{at(b), /*saturate=*/core == Core::V0});
+  if (watch) apply(ctx, b, y);  // already rounded: only the check remains
+}
+
 }  // namespace detail
 }  // namespace mambacv

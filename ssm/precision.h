@@ -39,6 +39,9 @@
 namespace mambacv {
 struct ExecContext;
 class Tensor;
+namespace ops {
+struct PackedWeight;
+}
 }  // namespace mambacv
 
 namespace mambacv::detail {
@@ -97,6 +100,8 @@ struct Policy {
   // Rounds t in place to at(b) (saturating f16 under core v0), then, when watching, records the first
   // non-finite boundary. The one place the policy's rounding happens.
   void apply(const ExecContext& ctx, Boundary b, Tensor& t) const;
+  // y = x @ W^T (+ bias) with y's values rounded as apply(b) would, the rounding fused into the GEMM's store.
+  void linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const;
   bool reduced() const { return compute != DType::F32; }
   // Names where the network is for the watch's report (no-op when not watching).
   void scope(const std::string& where) const {

@@ -85,13 +85,11 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
 
   // xin (B, H, W, Dd) = x @ in_proj[0:Dd]^T;  z (B, H, W, Dd) = silu(x @ in_proj[Dd:2Dd]^T)
   Tensor xin = ctx.empty({B, H, W, Dd});
-  ops::linear(ctx, x, w.in_x, xin);
-  policy.apply(ctx, Boundary::Activation, xin);
+  policy.linear(ctx, Boundary::Activation, x, w.in_x, xin);
   Tensor z;
   if (w.with_z) {
     z = ctx.empty({B, H, W, Dd});
-    ops::linear(ctx, x, w.in_z, z);
-    policy.apply(ctx, Boundary::Activation, z);
+    policy.linear(ctx, Boundary::Activation, x, w.in_z, z);
     ops::activate(ctx, ops::Act::Silu, z);
     policy.apply(ctx, Boundary::Activation, z);
   }
@@ -110,8 +108,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
 
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
   Tensor xdbl = ctx.empty({B, L, K * P});
-  ops::linear(ctx, u, w.x_proj, xdbl);
-  policy.apply(ctx, Boundary::Activation, xdbl);
+  policy.linear(ctx, Boundary::Activation, u, w.x_proj, xdbl);
   // delta (K, B, L, Dd): delta[k] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
   Tensor delta = ctx.empty({K, B, L, Dd});
   ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
@@ -156,8 +153,7 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
     return *residual;
   }
   Tensor out = ctx.empty({B, H, W, C});
-  ops::linear(ctx, y, w.out_proj, out);
-  policy.apply(ctx, Boundary::OutProjOut, out);
+  policy.linear(ctx, Boundary::OutProjOut, y, w.out_proj, out);
   if (!residual) return out;
   ops::add(ctx, *residual, out);
   policy.apply(ctx, Boundary::Residual, *residual);

@@ -177,6 +177,37 @@ TEST(Ops, GemmHalfPrecisionWeights) {
   }
 }
 
+// The rounding fused into the GEMM's store equals rounding the stored product afterwards, bit for bit, on every
+// kernel (f32, f16 / bf16 weights, the bf16 dot kernels) and the K = 0 and portable paths.
+TEST(Ops, GemmFusedRoundingEqualsRoundingAfterwards) {
+  const GemmCase cases[] = {{1, 1, 1}, {17, 33, 15}, {197, 40, 384}, {30, 70, 64}, {5, 9, 0}};
+  for (cpu::Isa isa : runnable_isas())
+    for (DType st : {DType::F32, DType::BF16})
+      for (ops::Bf16Kernel kern : {ops::Bf16Kernel::Widen, ops::Bf16Kernel::Dot, ops::Bf16Kernel::Amx}) {
+        if (kern != ops::Bf16Kernel::Widen &&
+            (st != DType::BF16 || isa != cpu::Isa::Avx512 || !ops::bf16_kernel_runs(kern)))
+          continue;
+        for (const GemmCase& gc : cases)
+          for (ops::Rounding r : {ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, false},
+                                  ops::Rounding{DType::F16, true}}) {
+            Tensor A = rnd({gc.M, std::max<int64_t>(gc.K, 1)}), B = rnd({gc.N, std::max<int64_t>(gc.K, 1)});
+            for (int64_t i = 0; i < A.numel(); i += 7) A.f32()[i] *= 3e4f;  // some products beyond f16's range
+            Tensor bias = rnd({gc.N});
+            const ops::PackedWeight W = ops::pack_weight_for(isa, B.f32(), std::max<int64_t>(gc.K, 1), true, gc.N,
+                                                             gc.K, bias.f32(), st, kern);
+            Tensor fused = Tensor::empty({gc.M, gc.N}), after = Tensor::empty({gc.M, gc.N});
+            ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, fused.f32(), gc.N, 0.0f, r);
+            ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, after.f32(), gc.N);
+            ops::round_to(kCtx, r.dtype, r.saturate, after);
+            for (int64_t i = 0; i < fused.numel(); ++i)
+              ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
+                  << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern) << " round "
+                  << dtype_name(r.dtype) << (r.saturate ? " sat" : "") << " M=" << gc.M << " N=" << gc.N
+                  << " K=" << gc.K << " i=" << i;
+          }
+      }
+}
+
 TEST(Ops, GemmEveryThreadBudget) {
   const GemmCase cases[] = {{197, 40, 384}, {197, 192, 384}, {3, 700, 64}, {450, 129, 9}, {1, 96, 33}, {61, 256, 600}};
   for (int threads : {1, 2, 3, 7})

@@ -186,8 +186,7 @@ class VimNetwork final : public Network {
     }
     if (want.has("logits") && cfg_.num_classes > 0) {
       Tensor logits = ctx.empty({B, cfg_.num_classes});
-      ops::linear(ctx, feat, head_, logits);
-      policy.apply(ctx, Boundary::Head, logits);
+      policy.linear(ctx, Boundary::Head, feat, head_, logits);
       out["logits"] = logits;
     }
     return out;

@@ -451,16 +451,14 @@ class VMambaNetwork final : public Network {
         if (c.mlp_ratio > 0) {
           ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed);
           policy.apply(ctx, Boundary::Activation, normed);
-          ops::linear(ctx, normed, blk.fc1, hidden);
-          policy.apply(ctx, Boundary::Mlp, hidden);
+          policy.linear(ctx, Boundary::Mlp, normed, blk.fc1, hidden);
           ops::activate(ctx, ops::Act::Gelu, hidden);
           policy.apply(ctx, Boundary::Mlp, hidden);
           if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
             ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
           } else {
             Tensor mlp_out = ctx.empty(cur.shape());
-            ops::linear(ctx, hidden, blk.fc2, mlp_out);
-            policy.apply(ctx, Boundary::Mlp, mlp_out);
+            policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, mlp_out);
             ops::add(ctx, cur, mlp_out);
             policy.apply(ctx, Boundary::Residual, cur);
           }
@@ -495,8 +493,7 @@ class VMambaNetwork final : public Network {
       Tensor pooled = ops::mean_tokens(ctx, normed);
       policy.apply(ctx, Boundary::Activation, pooled);
       Tensor logits = ctx.empty({B, c.num_classes});
-      ops::linear(ctx, pooled, head_, logits);
-      policy.apply(ctx, Boundary::Head, logits);
+      policy.linear(ctx, Boundary::Head, pooled, head_, logits);
       out["logits"] = logits;
     }
     return out;
@@ -532,8 +529,7 @@ class VMambaNetwork final : public Network {
     ops::layer_norm(ctx, m, d.merge_ln_w, d.merge_ln_b, kLnEps, m);
     policy.apply(ctx, Boundary::Activation, m);
     Tensor y = ctx.empty({m.dim(0), m.dim(1), m.dim(2), d.reduction.N});
-    ops::linear(ctx, m, d.reduction, y);
-    policy.apply(ctx, Boundary::Activation, y);
+    policy.linear(ctx, Boundary::Activation, m, d.reduction, y);
     return y;
   }
 

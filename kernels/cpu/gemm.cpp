@@ -46,6 +46,21 @@ constexpr int64_t kKC = 512;
 constexpr int kMR512 = 14, kNR512 = 32;
 constexpr int kMR256 = 6, kNR256 = 16;
 constexpr int kChunkPanels = 8;  // micro-panels per M chunk
+// modes of the stored results' rounding (Rounding); 0: none
+constexpr int kRoundBf16 = 1, kRoundF16 = 2, kRoundF16Saturate = 3;
+int round_mode(Rounding r) {
+  if (r.dtype == DType::BF16) return kRoundBf16;
+  if (r.dtype == DType::F16) return r.saturate ? kRoundF16Saturate : kRoundF16;
+  return 0;
+}
+// C rows [0, M) x [0, N) rounded in place (the paths without a fused rounding)
+void round_block(const ExecContext& ctx, Rounding r, int64_t M, int64_t N, float* C, int64_t ldc) {
+  if (r.dtype == DType::F32) return;
+  for (int64_t i = 0; i < M; ++i) {
+    Tensor row = Tensor::view_of(C + i * ldc, {N}, DType::F32);
+    round_to(ctx, r.dtype, r.saturate, row);
+  }
+}
 
 int panel_width(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kNR512 : isa == cpu::Isa::Avx2 ? kNR256 : 0; }
 int tile_rows(cpu::Isa isa) { return isa == cpu::Isa::Avx512 ? kMR512 : kMR256; }
@@ -69,10 +84,38 @@ MAMBACV_TARGET_AVX2 inline __m256 load_w8(const bf16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+// ---- rounding of the stored results (gemm's `round`): 0 none, else a RoundMode -------------------------------
+MAMBACV_TARGET_AVX512 inline __m512 round16(__m512 v, int mode) {
+  if (mode == kRoundBf16) {
+    const __m512i u = _mm512_castps_si512(v);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+    return _mm512_castsi512_ps(r);
+  }
+  if (mode == kRoundF16Saturate) v = _mm512_max_ps(_mm512_set1_ps(-65504.0f), _mm512_min_ps(_mm512_set1_ps(65504.0f), v));
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+MAMBACV_TARGET_AVX2 inline __m256 round8(__m256 v, int mode) {
+  if (mode == kRoundBf16) {
+    const __m256i u = _mm256_castps_si256(v);
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                     _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    return _mm256_castsi256_ps(r);
+  }
+  if (mode == kRoundF16Saturate) v = _mm256_max_ps(_mm256_set1_ps(-65504.0f), _mm256_min_ps(_mm256_set1_ps(65504.0f), v));
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 // ---- AVX-512 tile epilogue: C[0:MR, 0:16*NV] = acc (+ C) (+ bias), columns masked to ncols --------------------
 template <int MR, int NV>
 MAMBACV_TARGET_AVX512 inline void store_tile512(const __m512* c0, const __m512* c1, float* c, int64_t ldc,
-                                                unsigned ncols, const float* bias, bool add_c) {
+                                                unsigned ncols, const float* bias, bool add_c, int round) {
   const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1u);
   const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? __mmask16(0) : __mmask16((1u << (ncols - 16)) - 1u);
   __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
@@ -92,6 +135,10 @@ MAMBACV_TARGET_AVX512 inline void store_tile512(const __m512* c0, const __m512* 
       x0 = _mm512_add_ps(x0, bias0);
       x1 = _mm512_add_ps(x1, bias1);
     }
+    if (round) {
+      x0 = round16(x0, round);
+      if (NV == 2) x1 = round16(x1, round);
+    }
     _mm512_mask_storeu_ps(ci, m0, x0);
     if (NV == 2) _mm512_mask_storeu_ps(ci + 16, m1, x1);
   }
@@ -103,7 +150,7 @@ MAMBACV_TARGET_AVX512 inline void store_tile512(const __m512* c0, const __m512* 
 // 16 columns). WT: the panel's element type.
 template <int MR, int NV, bool kRowA, class WT>
 MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc,
-                                      unsigned ncols, const float* bias, bool add_c) {
+                                      unsigned ncols, const float* bias, bool add_c, int round) {
   const float* __restrict a = static_cast<const float*>(a_);
   const WT* __restrict bp = static_cast<const WT*>(bp_);
   __m512 c0[MR], c1[MR];
@@ -120,7 +167,7 @@ MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const void* a_, int64_t lda, c
     }
     bp += kNR512;
   }
-  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c);
+  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c, round);
 }
 
 // ---- AVX512_BF16 micro-kernel: bf16 products with f32 accumulation (vdpbf16ps, two k per instruction) ----------
@@ -129,7 +176,7 @@ MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const void* a_, int64_t lda, c
 template <int MR, int NV>
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c"))) void ukr_avx512_dot(
     int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc, unsigned ncols,
-    const float* bias, bool add_c) {
+    const float* bias, bool add_c, int round) {
   const uint32_t* __restrict a = static_cast<const uint32_t*>(a_);
   const __m512i* __restrict bp = static_cast<const __m512i*>(bp_);
   __m512 c0[MR], c1[MR];
@@ -146,7 +193,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f1
     }
     bp += 2;
   }
-  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c);
+  store_tile512<MR, NV>(c0, c1, c, ldc, ncols, bias, add_c, round);
 }
 
 // ---- AVX2 micro-kernel: C[0:MR, 0:16] --------------------------------------------------------------------------
@@ -158,7 +205,7 @@ MAMBACV_TARGET_AVX2 inline __m256i lane_mask8(unsigned n) {
 // A packed or row-major as in the AVX-512 kernel; NV = 2 both 8-column halves of the 16-column panel, 1 the first.
 template <int MR, int NV, bool kRowA, class WT>
 MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const void* a_, int64_t lda, const void* bp_, float* c, int64_t ldc,
-                                  unsigned ncols, const float* bias, bool add_c) {
+                                  unsigned ncols, const float* bias, bool add_c, int round) {
   const float* __restrict a = static_cast<const float*>(a_);
   const WT* __restrict bp = static_cast<const WT*>(bp_);
   __m256 c0[MR], c1[MR];
@@ -193,12 +240,16 @@ MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const void* a_, int64_t lda, const
       x0 = _mm256_add_ps(x0, bias0);
       x1 = _mm256_add_ps(x1, bias1);
     }
+    if (round) {
+      x0 = round8(x0, round);
+      if (NV == 2) x1 = round8(x1, round);
+    }
     _mm256_maskstore_ps(ci, m0, x0);
     if (NV == 2) _mm256_maskstore_ps(ci + 8, m1, x1);
   }
 }
 
-using Ukr = void (*)(int64_t, const void*, int64_t, const void*, float*, int64_t, unsigned, const float*, bool);
+using Ukr = void (*)(int64_t, const void*, int64_t, const void*, float*, int64_t, unsigned, const float*, bool, int);
 
 template <int NV, bool kRowA, class WT, int... R>
 constexpr std::array<Ukr, sizeof...(R)> avx512_table(std::integer_sequence<int, R...>) {
@@ -284,7 +335,7 @@ void gemm_k0(int64_t M, int64_t N, float* C, int64_t ldc, const float* bias, flo
 }
 
 void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W,
-                      float* C, int64_t ldc, const float* bias, float beta) {
+                      float* C, int64_t ldc, const float* bias, float beta, int round) {
   const cpu::Isa isa = W.isa;
   const int mr = tile_rows(isa), nr = W.nr;
   const int64_t N = W.N;
@@ -333,7 +384,7 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
       const int64_t p0 = npanels * g / ngroups, p1 = npanels * (g + 1) / ngroups;
       for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, K - k0);
-        const bool first = k0 == 0;
+        const bool first = k0 == 0, last = k0 + kc == K;
         const bool add_c = !first || beta != 0.0f;
         if (!row_a) pack_a(A, lda, i0, heights, np, k0, kc, ap);
         for (int64_t p = p0; p < p1; ++p) {
@@ -346,7 +397,8 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
             const void* a = row_a ? static_cast<const void*>(static_cast<const char*>(a_rows) +
                                                              ((i0 + r) * a_ld + k0) * a_es)
                                   : static_cast<const void*>(ap + off);
-            micro_kernel(W, h, ncols, row_a)(kc, a, a_ld, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p, add_c);
+            micro_kernel(W, h, ncols, row_a)(kc, a, a_ld, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p, add_c,
+                                             last ? round : 0);
             r += h;
             off += kc * h;
           }
@@ -531,7 +583,7 @@ PackedWeight pack_linear(const Tensor& W, const Tensor& bias, DType storage) {
 }
 
 void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-          int64_t ldc, float beta) {
+          int64_t ldc, float beta, Rounding round) {
   const int64_t N = W.N, K = W.K;
   check_gemm_sizes(M, N, K, A, lda, C, ldc);
   MAMBACV_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1, got " << beta);
@@ -540,9 +592,13 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
                     static_cast<double>(N * K) * (W.nr > 0 ? static_cast<double>(dtype_size(W.storage)) : 4.0));
   if (M == 0 || N == 0) return;
   const float* bias = W.bias.defined() ? W.bias.f32() : nullptr;
-  if (K == 0) return gemm_k0(M, N, C, ldc, bias, beta);
-  if (W.storage == DType::BF16 && W.bf16 == Bf16Kernel::Amx) return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta);
-  if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta);
+  if (K == 0) {
+    gemm_k0(M, N, C, ldc, bias, beta);
+    return round_block(ctx, round, M, N, C, ldc);
+  }
+  if (W.storage == DType::BF16 && W.bf16 == Bf16Kernel::Amx)
+    return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
+  if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
   // generic: Eigen on the plain copy; C is initialised with bias / beta * C first, the product added into it
   MutMap c(C, M, N, Eigen::OuterStride<>(std::max(ldc, N)));
   const ConstMap a(A, M, K, Eigen::OuterStride<>(std::max(lda, K)));
@@ -556,9 +612,11 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
     if (bias) c.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, N);
     c.noalias() += a * w.transpose();
   });
+  round_block(ctx, round, M, N, C, ldc);
 }
 
-void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate) {
+void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate,
+            Rounding round) {
   MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && x.dim(-1) == W.K,
                 "linear: x must end in " << W.K << " features, got " << (x.defined() ? x.str() : "an empty tensor"));
   int64_t rows = 1;  // the leading dims of x
@@ -566,7 +624,7 @@ void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tens
   MAMBACV_CHECK(y.defined() && y.ndim() >= 1 && y.dim(-1) == W.N && y.numel() == rows * W.N,
                 "linear: y must be (" << rows << ", " << W.N << "), got " << (y.defined() ? y.str() : "none"));
   require_f32("linear", {{"x", &x}, {"y", &y}});
-  gemm(ctx, rows, x.f32(), W.K, W, y.f32(), W.N, accumulate ? 1.0f : 0.0f);
+  gemm(ctx, rows, x.f32(), W.K, W, y.f32(), W.N, accumulate ? 1.0f : 0.0f, round);
 }
 
 }  // namespace mambacv::ops

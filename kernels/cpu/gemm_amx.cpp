@@ -130,7 +130,7 @@ void a_to_bf16_pairs(const ExecContext& ctx, int64_t M, const float* A, int64_t 
 }
 
 void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-              int64_t ldc, const float* bias, float beta) {
+              int64_t ldc, const float* bias, float beta, int round) {
   MAMBACV_CHECK(W.bf16 == Bf16Kernel::Amx && amx_available(), "gemm: AMX weights on a CPU without AMX");
   const int64_t N = W.N, kp = W.kpairs, npanels = (N + W.nr - 1) / W.nr;
   const int64_t Mp = (M + 31) / 32 * 32;  // rows of the bf16 copy of A: whole 32-row blocks, zero beyond M
@@ -160,6 +160,12 @@ void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, co
     }
     tiles_off();
   });
+  if (round == 0) return;
+  const DType dt = round == 1 ? DType::BF16 : DType::F16;
+  for (int64_t i = 0; i < M; ++i) {  // rows of C (its stride may exceed N)
+    Tensor row = Tensor::view_of(C + i * ldc, {N}, DType::F32);
+    round_to(ctx, dt, round == 3, row);
+  }
 }
 
 }  // namespace mambacv::ops
