@@ -1,8 +1,9 @@
 // ssm/precision.h - the precision policy of the scan cores as one table (MODELS.md §3.4), used by Vim and VMamba.
 //
-// Storage stays f32. In a reduced compute dtype (f16 / bf16) the weights are rounded to it once at load, every
-// matrix product accumulates in f32, the scan state and norm statistics are f32, and each op's output is rounded
-// to the dtype its boundary row names (Policy::apply). The rows, with the upstream code each mirrors
+// Activations are stored f32. In a reduced compute dtype (f16 / bf16) the GEMM and convolution weights are packed
+// in it once at load (depthwise taps, norm parameters, biases, A_log / D / dt bias and the embeddings stay f32, as
+// under autocast), every matrix product accumulates in f32, the scan state and norm statistics are f32, and each
+// op's output is rounded to the dtype its boundary row names (Policy::apply; Policy::linear in the GEMM's store). The rows, with the upstream code each mirrors
 // (VMamba classification/models/vmamba.py SS2D.forward_corev0 / forward_corev1, Vim models_mamba.py +
 // mamba_simple.py Mamba.forward with bimamba v2, residual_in_fp32=True):
 //

@@ -58,21 +58,12 @@ class StatSink final : public TraceSink {
   bool timed_;
 };
 
-// Float weights as f32 host tensors holding values of the compute dtype: converted once at load, whatever the
-// file holds (f16 saturates at +-65504, so finite weights stay finite). The caller's tensors are modified only
-// when `owned` (weights this library made), else rounded copies are made.
-TensorMap compute_weights(const TensorMap& w, DType compute, bool owned) {
+// Float weights as f32 host tensors, whatever the file holds (the caller's tensors are never modified). In a
+// reduced compute dtype the GEMM and convolution weights are rounded to it when packed (Network::bind's
+// gemm_storage); depthwise taps, norm parameters, biases, the SSM parameters and the embeddings stay f32.
+TensorMap f32_weights(const TensorMap& w) {
   TensorMap out;
-  const ExecContext ctx = ExecContext::cpu(0);
-  for (const auto& [name, t] : w) {
-    if (!is_float(t.dtype())) {
-      out[name] = t;
-      continue;
-    }
-    Tensor c = t.dtype() == DType::F32 ? (compute == DType::F32 || owned ? t : t.clone()) : t.to(DType::F32);
-    ops::round_to(ctx, compute, /*saturate=*/true, c);
-    out[name] = c;
-  }
+  for (const auto& [name, t] : w) out[name] = is_float(t.dtype()) && t.dtype() != DType::F32 ? t.to(DType::F32) : t;
   return out;
 }
 
@@ -96,7 +87,7 @@ Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Option
     MAMBACV_CHECK(is_float(t.dtype()) || t.dtype() == DType::I64,
                   source << ": tensor " << name << " has dtype " << dtype_name(t.dtype()) << ", expected a float type");
   check_weights_match(w, net->param_specs(), source + " (config " + cfg.name + ")");
-  net->bind(compute_weights(w, opt.dtype, /*owned=*/false), opt.dtype);
+  net->bind(f32_weights(w), opt.dtype);
   host_cache_release();  // the load's temporaries (converted and raw copies) are not kept as idle cache
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
 }
@@ -147,7 +138,6 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
     }
     w[p.name] = t;
   }
-  w = compute_weights(w, opt.dtype, /*owned=*/true);
   net->bind(std::move(w), opt.dtype);
   host_cache_release();  // the load's temporaries are not kept as idle cache
   return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -450,12 +451,16 @@ static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, b
   w.K = K;
   w.isa = isa;
   w.nr = panel_width(w.isa);
-  auto at = [&](int64_t n, int64_t k) { return trans_b ? B[n * ldb + k] : B[k * ldb + n]; };
-  if (w.nr == 0) {  // generic: a plain f32 (N, K) copy for Eigen, whatever the storage asked for
+  // f16 saturates at +-65504 (finite weights stay finite); bf16 keeps the f32 range
+  auto at = [&](int64_t n, int64_t k) {
+    const float v = trans_b ? B[n * ldb + k] : B[k * ldb + n];
+    return storage == DType::F16 && !std::isnan(v) ? std::min(65504.0f, std::max(-65504.0f, v)) : v;
+  };
+  if (w.nr == 0) {  // generic: a plain f32 (N, K) copy for Eigen, holding the storage dtype's values
     w.plain = Tensor::empty({N, K});
     float* d = w.plain.f32();
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k) d[n * K + k] = at(n, k);
+      for (int64_t k = 0; k < K; ++k) d[n * K + k] = ref::round_to(storage, false, at(n, k));
     return w;
   }
   w.storage = storage;
