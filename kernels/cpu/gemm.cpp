@@ -33,6 +33,7 @@
 #include <Eigen/Core>
 
 #include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/round_simd.h"
 #include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -47,8 +48,12 @@ constexpr int64_t kKC = 512;
 constexpr int kMR512 = 14, kNR512 = 32;
 constexpr int kMR256 = 6, kNR256 = 16;
 constexpr int kChunkPanels = 8;  // micro-panels per M chunk
-// modes of the stored results' rounding (Rounding); 0: none
-constexpr int kRoundBf16 = 1, kRoundF16 = 2, kRoundF16Saturate = 3;
+using simd::kRoundBf16;
+using simd::kRoundF16;
+using simd::kRoundF16Saturate;
+using simd::round16;
+using simd::round8;
+// the stored results' rounding mode (simd::round16 / round8)
 int round_mode(Rounding r) {
   if (r.dtype == DType::BF16) return kRoundBf16;
   if (r.dtype == DType::F16) return r.saturate ? kRoundF16Saturate : kRoundF16;
@@ -83,34 +88,6 @@ MAMBACV_TARGET_AVX2 inline __m256 load_w8(const f16_t* p) {
 MAMBACV_TARGET_AVX2 inline __m256 load_w8(const bf16_t* p) {
   const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-// ---- rounding of the stored results (gemm's `round`): 0 none, else a RoundMode -------------------------------
-MAMBACV_TARGET_AVX512 inline __m512 round16(__m512 v, int mode) {
-  if (mode == kRoundBf16) {
-    const __m512i u = _mm512_castps_si512(v);
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-    r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-    return _mm512_castsi512_ps(r);
-  }
-  if (mode == kRoundF16Saturate) v = _mm512_max_ps(_mm512_set1_ps(-65504.0f), _mm512_min_ps(_mm512_set1_ps(65504.0f), v));
-  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
-MAMBACV_TARGET_AVX2 inline __m256 round8(__m256 v, int mode) {
-  if (mode == kRoundBf16) {
-    const __m256i u = _mm256_castps_si256(v);
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
-                                                     _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
-    r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
-    return _mm256_castsi256_ps(r);
-  }
-  if (mode == kRoundF16Saturate) v = _mm256_max_ps(_mm256_set1_ps(-65504.0f), _mm256_min_ps(_mm256_set1_ps(65504.0f), v));
-  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
 // ---- AVX-512 tile epilogue: C[0:MR, 0:16*NV] = acc (+ C) (+ bias), columns masked to ncols --------------------

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cpu/round_simd.h"
 #include "kernels/cpu_info.h"
 #include "mambacv/error.h"
 
@@ -64,9 +65,9 @@ MAMBACV_TARGET_BF16 void convert_rows(const float* A, int64_t lda, int64_t K, in
   }
 }
 
-// C[0:rows, 0:ncols] = tmp (32 x 32) (+ C) (+ bias)
+// C[0:rows, 0:ncols] = tmp (32 x 32) (+ C) (+ bias), rounded as `round`
 MAMBACV_TARGET_BF16 void epilogue(const float* tmp, int rows, unsigned ncols, float* c, int64_t ldc,
-                                  const float* bias, bool add_c) {
+                                  const float* bias, bool add_c, int round) {
   const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1u);
   const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? __mmask16(0) : __mmask16((1u << (ncols - 16)) - 1u);
   const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -78,6 +79,10 @@ MAMBACV_TARGET_BF16 void epilogue(const float* tmp, int rows, unsigned ncols, fl
     if (add_c) {
       x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, ci));
       x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    if (round) {
+      x0 = simd::round16(x0, round);
+      x1 = simd::round16(x1, round);
     }
     _mm512_mask_storeu_ps(ci, m0, x0);
     _mm512_mask_storeu_ps(ci + 16, m1, x1);
@@ -133,39 +138,41 @@ void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, co
               int64_t ldc, const float* bias, float beta, int round) {
   MAMBACV_CHECK(W.bf16 == Bf16Kernel::Amx && amx_available(), "gemm: AMX weights on a CPU without AMX");
   const int64_t N = W.N, kp = W.kpairs, npanels = (N + W.nr - 1) / W.nr;
-  const int64_t Mp = (M + 31) / 32 * 32;  // rows of the bf16 copy of A: whole 32-row blocks, zero beyond M
-  Tensor abf = ctx.empty({Mp, kp}, DType::I32);
-  uint32_t* a = static_cast<uint32_t*>(abf.raw());
-  a_to_bf16_pairs(ctx, M, A, lda, W.K, kp, a);
-  std::fill(a + M * kp, a + Mp * kp, 0u);
-  const uint16_t* panels = static_cast<const uint16_t*>(W.panels.raw());
-  const int64_t mblocks = Mp / 32, items = mblocks * npanels;
+  const int64_t mblocks = (M + 31) / 32;
+  // work items: (32-row block of A, group of panels); a block is converted to bf16 once per item, into the
+  // worker's own 32 x kp buffer, and reused over the group's panels. Groups split the panels when there are few
+  // row blocks, so that every worker has work.
+  int64_t ngroups = 1;
+  if (mblocks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mblocks - 1) / mblocks);
+  const int64_t items = mblocks * ngroups;
   const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(W.K);
-  parallel_for(ctx, items, work, [&](int64_t b, int64_t e) {
+  const int workers = parallel_workers(ctx, items, work);
+  Tensor abuf = ctx.empty({static_cast<int64_t>(workers), 32 * kp}, DType::I32);
+  const uint16_t* panels = static_cast<const uint16_t*>(W.panels.raw());
+  parallel_for_tid(ctx, items, work, [&](int64_t b, int64_t e, int tid) {
     alignas(64) float tmp[32 * 32];
+    uint32_t* a = static_cast<uint32_t*>(abuf.raw()) + static_cast<int64_t>(tid) * 32 * kp;
     tiles_on();
     for (int64_t it = b; it < e; ++it) {
-      const int64_t mb = it / npanels, p = it % npanels;
+      const int64_t mb = it / ngroups, g = it % ngroups;
       const int64_t r0 = mb * 32;
       const int rows = static_cast<int>(std::min<int64_t>(32, M - r0));
-      const unsigned ncols = static_cast<unsigned>(std::min<int64_t>(W.nr, N - p * W.nr));
-      const uint32_t* ab = a + r0 * kp;
-      const uint16_t* bp = panels + p * kp * 64;
-      const bool two_m = rows > 16, two_n = ncols > 16;
-      if (two_m && two_n) amx_block<true, true>(ab, kp, bp, tmp);
-      else if (two_m) amx_block<true, false>(ab, kp, bp, tmp);
-      else if (two_n) amx_block<false, true>(ab, kp, bp, tmp);
-      else amx_block<false, false>(ab, kp, bp, tmp);
-      epilogue(tmp, rows, ncols, C + r0 * ldc + p * W.nr, ldc, bias ? bias + p * W.nr : nullptr, beta != 0.0f);
+      convert_rows(A + r0 * lda, lda, W.K, kp, 0, rows, a);
+      std::fill(a + rows * kp, a + 32 * kp, 0u);  // rows past M read as zero
+      const int64_t p0 = npanels * g / ngroups, p1 = npanels * (g + 1) / ngroups;
+      for (int64_t p = p0; p < p1; ++p) {
+        const unsigned ncols = static_cast<unsigned>(std::min<int64_t>(W.nr, N - p * W.nr));
+        const uint16_t* bp = panels + p * kp * 64;
+        const bool two_m = rows > 16, two_n = ncols > 16;
+        if (two_m && two_n) amx_block<true, true>(a, kp, bp, tmp);
+        else if (two_m) amx_block<true, false>(a, kp, bp, tmp);
+        else if (two_n) amx_block<false, true>(a, kp, bp, tmp);
+        else amx_block<false, false>(a, kp, bp, tmp);
+        epilogue(tmp, rows, ncols, C + r0 * ldc + p * W.nr, ldc, bias ? bias + p * W.nr : nullptr, beta != 0.0f, round);
+      }
     }
     tiles_off();
   });
-  if (round == 0) return;
-  const DType dt = round == 1 ? DType::BF16 : DType::F16;
-  for (int64_t i = 0; i < M; ++i) {  // rows of C (its stride may exceed N)
-    Tensor row = Tensor::view_of(C + i * ldc, {N}, DType::F32);
-    round_to(ctx, dt, round == 3, row);
-  }
 }
 
 }  // namespace mambacv::ops

@@ -9,6 +9,7 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/round_simd.h"
 #include "kernels/cpu/simd_math.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -112,6 +113,20 @@ void mul(const ExecContext& ctx, Tensor& y, const Tensor& x) {
 }
 
 // ---- reduced-precision rounding ------------------------------------------------------------------------------
+namespace {
+// d[b, e) rounded in place, 8 lanes at a time (simd::round8), the tail through a padded copy
+__attribute__((target("avx2,fma,f16c"))) void round_span(float* d, int64_t b, int64_t e, int mode) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) _mm256_storeu_ps(d + i, simd::round8(_mm256_loadu_ps(d + i), mode));
+  if (i < e) {
+    alignas(32) float tail[8] = {};
+    std::copy(d + i, d + e, tail);
+    _mm256_store_ps(tail, simd::round8(_mm256_load_ps(tail), mode));
+    std::copy(tail, tail + (e - i), d + i);
+  }
+}
+}  // namespace
+
 // f16 through F16C (vcvtps2ph, round to nearest even; part of the x86-64-v3 baseline), bf16 by integer rounding
 // of the upper half (as f32_to_bf16). Both are exact round trips of the scalar conversions.
 void round_to(const ExecContext& ctx, DType dt, bool saturate, Tensor& x) {
@@ -121,30 +136,8 @@ void round_to(const ExecContext& ctx, DType dt, bool saturate, Tensor& x) {
   const int64_t n = x.numel();
   OpTrace trace(ctx, "round", 0.0, 8.0 * static_cast<double>(n));
   float* d = x.f32();
-  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) {
-    int64_t i = b;
-    if (dt == DType::F16) {
-      const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
-      for (; i + 8 <= e; i += 8) {
-        __m256 v = _mm256_loadu_ps(d + i);
-        if (saturate) v = _mm256_max_ps(lo, _mm256_min_ps(hi, v));  // NaN (second operand) passes through
-        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-      }
-    } else {
-      const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
-      const __m256i top = _mm256_set1_epi32(static_cast<int>(0xffff0000u)), qnan = _mm256_set1_epi32(0x00400000);
-      for (; i + 8 <= e; i += 8) {
-        const __m256 v = _mm256_loadu_ps(d + i);
-        const __m256i u = _mm256_castps_si256(v);
-        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
-        r = _mm256_and_si256(r, top);
-        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, qnan), top);
-        _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_blendv_epi8(r, quiet, nan)));
-      }
-    }
-    for (; i < e; ++i) d[i] = ref::round_to(dt, saturate, d[i]);
-  });
+  const int mode = dt == DType::BF16 ? simd::kRoundBf16 : saturate ? simd::kRoundF16Saturate : simd::kRoundF16;
+  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) { round_span(d, b, e, mode); });
 }
 
 bool all_finite(const ExecContext& ctx, const Tensor& x) {
