@@ -67,6 +67,29 @@ struct GemmCase {
 // Every kernel family (AVX-512 14x32, AVX2 6x16, Eigen) on shapes that hit every tile remainder: M below, at and
 // above the micro-tile height and the chunk size, N around the panel widths (16, 32) and the narrow case that reads
 // A in place, K across the k-block size (512), strided A / C, bias and beta.
+namespace {
+// C (M, ldc) against the reference Cr over the M x N window; the padding columns must still hold C0's values.
+struct WindowCheck {
+  double rel_l2 = 0;
+  bool untouched = true;
+};
+WindowCheck check_window(const Tensor& C, const Tensor& Cr, const Tensor& C0, int64_t M, int64_t N, int64_t ldc) {
+  std::vector<float> a, r;
+  WindowCheck w;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < ldc; ++n) {
+      if (n < N) {
+        a.push_back(C.f32()[m * ldc + n]);
+        r.push_back(Cr.f32()[m * ldc + n]);
+      } else {
+        w.untouched &= C.f32()[m * ldc + n] == C0.f32()[m * ldc + n];
+      }
+    }
+  w.rel_l2 = rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size()));
+  return w;
+}
+}  // namespace
+
 TEST(Ops, GemmMatchesReferenceEveryKernel) {
   const GemmCase cases[] = {{1, 1, 1},     {1, 17, 33},   {1, 1000, 192}, {3, 5, 7},      {16, 16, 16},
                             {17, 33, 15},  {64, 96, 48},  {197, 384, 192}, {130, 65, 100}, {2, 300, 1},
@@ -93,20 +116,9 @@ TEST(Ops, GemmMatchesReferenceEveryKernel) {
               ops::gemm(kCtx, M, A.f32(), lda, W, C.f32(), ldc, beta);
               ops::ref::gemm(M, N, K, A.f32(), lda, B.f32(), ldb, trans_b, Cr.f32(), ldc,
                              with_bias ? bias.f32() : nullptr, beta);
-              // compare the M x N window; the padding columns must be untouched
-              std::vector<float> a, r;
-              bool untouched = true;
-              for (int64_t m = 0; m < M; ++m)
-                for (int64_t n = 0; n < ldc; ++n) {
-                  if (n < N) {
-                    a.push_back(C.f32()[m * ldc + n]);
-                    r.push_back(Cr.f32()[m * ldc + n]);
-                  } else {
-                    untouched &= C.f32()[m * ldc + n] == C0.f32()[m * ldc + n];
-                  }
-                }
-              EXPECT_TRUE(untouched) << cpu::isa_name(isa) << " wrote past N";
-              EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
+              const WindowCheck w = check_window(C, Cr, C0, M, N, ldc);
+              EXPECT_TRUE(w.untouched) << cpu::isa_name(isa) << " wrote past N";
+              EXPECT_LE(w.rel_l2, kTol)
                   << cpu::isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " trans_b=" << trans_b
                   << " bias=" << with_bias << " beta=" << beta << " pad=" << pad;
             }
@@ -142,17 +154,9 @@ TEST(Ops, GemmHalfPrecisionWeights) {
             ops::round_to(kCtx, st, false, Br);
             if (pairs) ops::round_to(kCtx, DType::BF16, false, Ar);
             ops::ref::gemm(M, N, K, Ar.f32(), lda, Br.f32(), K, true, Cr.f32(), ldc, bias.f32(), beta);
-            std::vector<float> a, r;
-            for (int64_t m = 0; m < M; ++m)
-              for (int64_t n = 0; n < ldc; ++n) {
-                if (n < N) {
-                  a.push_back(C.f32()[m * ldc + n]);
-                  r.push_back(Cr.f32()[m * ldc + n]);
-                } else {
-                  ASSERT_EQ(C.f32()[m * ldc + n], C0.f32()[m * ldc + n]) << "wrote past N";
-                }
-              }
-            EXPECT_LE(rel_l2(a.data(), r.data(), static_cast<int64_t>(a.size())), kTol)
+            const WindowCheck w = check_window(C, Cr, C0, M, N, ldc);
+            EXPECT_TRUE(w.untouched) << "wrote past N";
+            EXPECT_LE(w.rel_l2, kTol)
                 << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern) << " M=" << M
                 << " N=" << N << " K=" << K << " beta=" << beta;
             ++runs[static_cast<int>(kern) - 1];
