@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <vector>
+
+#include <cmath>
 
 #include "mambacv/tensor.h"
 
@@ -65,6 +69,39 @@ TEST(Tensor, ConvertAndCompare) {
 }
 
 #include "kernels/host_allocator.h"
+
+// The vectorised f32 <-> f16 / bf16 conversions give the scalar conversions' bits (NaN: any NaN), on lengths that
+// hit the 8-wide loop and its tail, with ties, overflow, subnormals and infinities.
+TEST(Tensor, VectorConversionsMatchScalar) {
+  const float specials[] = {0.0f, -0.0f, 1.0f, 65504.0f, 65520.0f, -1e6f, 6e-8f, 1e-40f, 3e38f, 1.00390625f,
+                            1.01171875f, -2.0009765625f, std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  uint32_t state = 12345;
+  for (size_t n : {1, 7, 8, 9, 16, 31, 100}) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) {
+      state = state * 1664525u + 1013904223u;
+      x[i] = i % 2 ? specials[(i / 2) % (sizeof specials / sizeof specials[0])]
+                   : (static_cast<float>(state >> 8) / 16777216.0f - 0.5f) * 300.0f;
+    }
+    for (DType t : {DType::F16, DType::BF16}) {
+      std::vector<uint16_t> h(n);
+      convert_elements(x.data(), DType::F32, h.data(), t, n);
+      std::vector<float> back(n);
+      convert_elements(h.data(), t, back.data(), DType::F32, n);
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t want = t == DType::F16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+        const float want_back = t == DType::F16 ? f16_to_f32(want) : bf16_to_f32(want);
+        if (std::isnan(x[i])) {
+          EXPECT_TRUE(std::isnan(back[i])) << dtype_name(t) << " i=" << i;
+          continue;
+        }
+        EXPECT_EQ(h[i], want) << dtype_name(t) << " x=" << x[i] << " i=" << i << " n=" << n;
+        EXPECT_EQ(f32_to_bits(back[i]), f32_to_bits(want_back)) << dtype_name(t) << " i=" << i;
+      }
+    }
+  }
+}
 
 TEST(HostAllocator, ReusesLargeBlocksAndKeepsSmallOnesOut) {
   host_cache_release();
