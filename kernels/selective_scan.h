@@ -97,13 +97,6 @@ inline ScanParams token_major_scan(int64_t batch, int64_t dim, int64_t L, int64_
   return p;
 }
 
-// An operand as the scan reads it in dtype dt: t itself when it already is dt, else a converted copy.
-inline Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); }
-// Address of element `off` of t's storage, whatever its dtype.
-inline const void* element_at(const Tensor& t, int64_t off) {
-  return static_cast<const char*>(t.raw()) + off * static_cast<int64_t>(dtype_size(t.dtype()));
-}
-
 // Throws Error if the parameters are inconsistent (null operands, dim % groups, ...).
 void validate_scan_params(const ScanParams& p);
 

@@ -45,29 +45,22 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
     policy.apply(ctx, Boundary::Activation, delta[k]);
   }
 
-  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2]; the scan reads its inputs and the gate z in their
-  // rows' dtypes (core v0: fp32; core v1: the compute dtype) and rounds each direction's output to scan_out's
-  const DType u_t = policy.at(Boundary::ScanU), dl_t = policy.at(Boundary::ScanDelta);
-  const DType bc_t = policy.at(Boundary::ScanB), z_t = policy.at(Boundary::Gate);
-  MAMBACV_CHECK(policy.at(Boundary::ScanC) == bc_t, "mamba mixer: the policy must read B and C in one dtype");
-  const Tensor xz_s = as_dtype(xz, z_t);
+  // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2], each direction's output rounded to scan_out's dtype.
+  // The scan inputs and z already hold the compute dtype's values (their producers' activation rows rounded them),
+  // so both cores read them from f32 storage: the scan_u / scan_delta / scan_B / scan_C rows change no value.
   const std::vector<int32_t> rev = reversed_order(T);
   Tensor y = ctx.empty({B, T, E});
   ScanParams p = token_major_scan(B, E, T, N, y.f32(), policy.at(Boundary::ScanOut));
-  Tensor u_s[2], delta_s[2], xdbl_s[2];
   for (int k = 0; k < 2; ++k) {
-    u_s[k] = as_dtype(u[k], u_t);
-    delta_s[k] = as_dtype(delta[k], dl_t);
-    xdbl_s[k] = as_dtype(xdbl[k], bc_t);
     ScanDirection d;
-    d.u = token_major(u_s[k].raw(), u_t, T, E);
-    d.delta = token_major(delta_s[k].raw(), dl_t, T, E);
-    d.B = token_major_bc(element_at(xdbl_s[k], R), bc_t, T, P);
-    d.C = token_major_bc(element_at(xdbl_s[k], R + N), bc_t, T, P);
+    d.u = token_major(u[k].f32(), DType::F32, T, E);
+    d.delta = token_major(delta[k].f32(), DType::F32, T, E);
+    d.B = token_major_bc(xdbl[k].f32() + R, DType::F32, T, P);
+    d.C = token_major_bc(xdbl[k].f32() + R + N, DType::F32, T, P);
     d.A = dw[k]->A.f32();
     d.D = dw[k]->D.f32();
     d.delta_bias = dw[k]->dt_proj_b.f32();
-    d.z = token_major(element_at(xz_s, E), z_t, T, 2 * E);
+    d.z = token_major(xz.f32() + E, DType::F32, T, 2 * E);
     d.order = k == 1 ? rev.data() : nullptr;
     d.out_scale = w.divide_out ? 0.5f : 1.0f;
     p.dirs.push_back(d);

@@ -26,8 +26,9 @@
 //   residual_stream f32      f32      Vim's residual stream (residual_in_fp32)
 //   head            compute  compute  the classifier's logits
 //
-// Scan inputs are produced by ops whose outputs are already rounded (activation), so their rows decide the dtype
-// the scan reads, not new values. f16 overflow: core v0 saturates at +-65504 (finite inputs stay finite: nothing
+// Scan inputs are produced by ops whose outputs are already rounded (activation): their values are the compute
+// dtype's under both cores, so the scan reads them from f32 storage and their rows change no value (they record
+// upstream's casts). f16 overflow: core v0 saturates at +-65504 (finite inputs stay finite: nothing
 // under v0 produces NaN or Inf for finite inputs); core v1 rounds as IEEE does (overflow gives +-inf), as
 // upstream's compute-dtype kernels do. In f32 every row is f32 and the two cores differ only by summation order.
 #pragma once

@@ -114,12 +114,8 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
   policy.apply(ctx, Boundary::Activation, delta);
 
-  // scan inputs in their rows' dtypes (core v0: fp32; core v1: the compute dtype); B and C share x_dbl's storage
-  const DType u_t = policy.at(Boundary::ScanU), dl_t = policy.at(Boundary::ScanDelta);
-  const DType bc_t = policy.at(Boundary::ScanB);
-  MAMBACV_CHECK(policy.at(Boundary::ScanC) == bc_t, "ss2d: the policy must read B and C in one dtype");
-  const Tensor u_s = as_dtype(u, u_t), delta_s = as_dtype(delta, dl_t), xdbl_s = as_dtype(xdbl, bc_t);
-
+  // The scan inputs already hold the compute dtype's values (their producers' activation rows rounded them), so
+  // both cores read them from f32 storage: the scan_u / scan_delta / scan_B / scan_C rows change no value.
   // y (B, L, Dd) = the four directions merged (fp32). The D skip: in f32 the sum of the four Ds once; when each
   // direction's output is rounded (core v1 in f16 / bf16) every direction adds its own D before its rounding.
   const bool per_dir_D = policy.at(Boundary::ScanOut) != DType::F32;
@@ -127,10 +123,10 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   ScanParams p = token_major_scan(B, Dd, L, N, y.f32(), policy.at(Boundary::ScanOut));
   for (int64_t k = 0; k < K; ++k) {
     ScanDirection d;
-    d.u = token_major(u_s.raw(), u_t, L, Dd);
-    d.delta = token_major(element_at(delta_s, k * B * L * Dd), dl_t, L, Dd);
-    d.B = token_major_bc(element_at(xdbl_s, k * P + R), bc_t, L, K * P);
-    d.C = token_major_bc(element_at(xdbl_s, k * P + R + N), bc_t, L, K * P);
+    d.u = token_major(u.f32(), DType::F32, L, Dd);
+    d.delta = token_major(delta.f32() + k * B * L * Dd, DType::F32, L, Dd);
+    d.B = token_major_bc(xdbl.f32() + k * P + R, DType::F32, L, K * P);
+    d.C = token_major_bc(xdbl.f32() + k * P + R + N, DType::F32, L, K * P);
     d.A = w.A.f32() + k * Dd * N;
     d.D = per_dir_D ? w.Ds.f32() + k * Dd : k == 0 ? w.D_sum.f32() : nullptr;
     d.delta_bias = w.dt_proj_b.f32() + k * Dd;
