@@ -457,9 +457,8 @@ class VMambaNetwork final : public Network {
           if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
             ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
           } else {
-            Tensor mlp_out = ctx.empty(cur.shape());
-            policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, mlp_out);
-            ops::add(ctx, cur, mlp_out);
+            policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, normed);  // normed (fc1's input) is free again
+            ops::add(ctx, cur, normed);
             policy.apply(ctx, Boundary::Residual, cur);
           }
         }
