@@ -143,7 +143,9 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
     ops::mul(ctx, y, z);
     policy.apply(ctx, Boundary::Gate, y);
   }
-  policy.apply(ctx, Boundary::OutProjIn, y);
+  // out_proj's input: another pass only when its dtype differs from the last boundary's (v0: f32 -> compute)
+  if (policy.at(Boundary::OutProjIn) != policy.at(w.with_z ? Boundary::Gate : Boundary::OutNorm))
+    policy.apply(ctx, Boundary::OutProjIn, y);
   if (residual && !policy.reduced()) {  // f32: out_proj accumulates straight into the residual
     ops::linear(ctx, y, w.out_proj, *residual, /*accumulate=*/true);
     return *residual;

@@ -62,13 +62,18 @@ int cmd_check_cores(const std::vector<std::string>& argv) {
   TensorMap weights;
   if (!weights_path.empty()) weights = load_weights(weights_path).tensors;
 
+  const int batch = args.get_int("batch", 1);
+  MAMBACV_CHECK(batch >= 1 && batch <= 256, "--batch: expected 1 to 256, got " << batch);
+  auto input_size = [&] {  // --size, else the model's own input size
+    const int size = args.has("size") ? args.get_int("size", 0) : Model::random(cfg).input_size();
+    MAMBACV_CHECK(size >= 1 && size <= 4096, "--size: expected 1 to 4096, got " << size);
+    return size;
+  };
   Tensor x;
   if (args.has("input")) {
     InputSpec spec;
-    spec.size = args.get_int("size", Model::random(cfg).input_size());
+    spec.size = input_size();
     Tensor one = preprocess(load_image(args.get("input")), spec);
-    const int batch = args.get_int("batch", 1);
-    MAMBACV_CHECK(batch >= 1 && batch <= 256, "--batch: expected 1 to 256, got " << batch);
     x = Tensor::empty({batch, 3, spec.size, spec.size});
     for (int b = 0; b < batch; ++b) std::copy(one.f32(), one.f32() + one.numel(), x.f32() + b * one.numel());
   } else if (is_fixture && !args.has("size")) {
@@ -78,10 +83,7 @@ int cmd_check_cores(const std::vector<std::string>& argv) {
     MAMBACV_CHECK(in != g.tensors.end(), "golden " << golden << ": no tensor named \"input\"");
     x = in->second.to(DType::F32, /*copy=*/true);
   } else {
-    const int size = args.get_int("size", Model::random(cfg).input_size());
-    const int batch = args.get_int("batch", 1);
-    MAMBACV_CHECK(size >= 1 && size <= 4096, "--size: expected 1 to 4096, got " << size);
-    MAMBACV_CHECK(batch >= 1 && batch <= 256, "--batch: expected 1 to 256, got " << batch);
+    const int size = input_size();
     x = Tensor::empty({batch, 3, size, size});
     std::mt19937 rng(1);
     std::normal_distribution<float> n(0.0f, 1.0f);

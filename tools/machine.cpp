@@ -88,12 +88,14 @@ int bench_gemm(int threads, bool json, DType storage) {
   const int nt = resolve_threads(threads);
   std::vector<int> counts = {1};
   if (nt > 1) counts.push_back(nt);
-  const ops::PackedWeight probe = ops::pack_weight(nullptr, 1, true, 0, 0, nullptr, storage);
-  const std::string path = std::string(ops::gemm_backend()) + ", weights " + dtype_name(probe.storage) +
-                           (probe.storage == DType::BF16 && probe.bf16 == ops::Bf16Kernel::Amx   ? " (AMX tiles)"
-                            : probe.storage == DType::BF16 && probe.bf16 == ops::Bf16Kernel::Dot ? " (AVX512_BF16 dot products)"
-                            : probe.storage != DType::F32                                        ? " (widened to f32)"
-                                                                                                 : "");
+  // the portable backend keeps f32 weights; bf16 takes the kernel pack_weight picks (K < 32 stays widened)
+  const DType held = cpu::cpu_isa() == cpu::Isa::Generic ? DType::F32 : storage;
+  const ops::Bf16Kernel kernel = held == DType::BF16 ? ops::best_bf16_kernel() : ops::Bf16Kernel::Widen;
+  const std::string path = std::string(ops::gemm_backend()) + ", weights " + dtype_name(held) +
+                           (kernel == ops::Bf16Kernel::Amx   ? " (AMX tiles; K < 32 widened)"
+                            : kernel == ops::Bf16Kernel::Dot ? " (AVX512_BF16 dot products)"
+                            : held != DType::F32             ? " (widened to f32)"
+                                                             : "");
   if (!json) std::printf("gemm backend %s, packed once, C = A (M, K) @ W^T (N, K)\n", path.c_str());
   for (int t : counts) {
     const double peak = cpu::measure_fma_peak_gflops(t);

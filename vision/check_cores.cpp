@@ -1,4 +1,5 @@
-// check_cores: both scan cores on one input, against each other and against f32 (mambacv/mambacv.h).
+// check_cores: both scan cores on one input, against each other and against f32; precision_path: how a compute
+// dtype runs on this CPU (mambacv/mambacv.h).
 #include <algorithm>
 
 #include "kernels/cpu_info.h"

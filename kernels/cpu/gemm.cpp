@@ -318,7 +318,7 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
   const int mr = tile_rows(isa), nr = W.nr;
   const int64_t N = W.N;
   // the bf16 dot kernel counts k in pairs: its "K" is the panels' k pairs, A converted to bf16 pair rows
-  const bool dot = W.bf16 == Bf16Kernel::Dot && W.storage == DType::BF16;
+  const bool dot = W.bf16 == Bf16Kernel::Dot;  // only ever set for bf16 storage
   const int64_t K = dot ? W.kpairs : W.K;
   // M chunks of at most kChunkPanels micro-panels, as even as possible
   const int64_t mchunks = (M + int64_t(mr) * kChunkPanels - 1) / (int64_t(mr) * kChunkPanels);
@@ -420,7 +420,7 @@ PackedWeight pack_weight(const float* B, int64_t ldb, bool trans_b, int64_t N, i
   return pack_weight_for(cpu::cpu_isa(), B, ldb, trans_b, N, K, bias, storage);
 }
 
-// The packing itself (sizes checked by the callers); dot: bf16 k-pair panels for the AVX512_BF16 kernel.
+// The packing itself (sizes checked by the callers); kernel: for bf16 storage, Dot / Amx pack k-pair panels.
 static PackedWeight pack_weight_raw(cpu::Isa isa, const float* B, int64_t ldb, bool trans_b, int64_t N,
                                     int64_t K, DType storage, Bf16Kernel kernel) {
   PackedWeight w;
@@ -578,7 +578,7 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
     gemm_k0(M, N, C, ldc, bias, beta);
     return round_block(ctx, round, M, N, C, ldc);
   }
-  if (W.storage == DType::BF16 && W.bf16 == Bf16Kernel::Amx)
+  if (W.bf16 == Bf16Kernel::Amx)
     return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
   if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
   // generic: Eigen on the plain copy; C is initialised with bias / beta * C first, the product added into it
