@@ -2,8 +2,11 @@
 //
 // A forward pass allocates the same large temporaries on every call; handing them back to the OS and faulting
 // fresh zeroed pages in again cost ~10-25% of a CPU forward. Blocks of at least kMinCachedBytes are therefore kept
-// on free lists by size class (classes 1/8 of a power of two apart, so at most 12.5% is wasted) and reused, up to a
-// bound on the bytes held idle. Each HostAllocator has its own cache and bound (set_idle_limit); the process default
+// idle by size class (classes 1/8 of a power of two apart, so at most 12.5% is wasted) and reused, up to a bound on
+// the bytes held idle. A short-lived request (a call's temporaries, ExecContext::empty) takes the smallest idle block
+// of its class or larger, up to kMaxReuseFactor times its class: a later stage's smaller temporaries reuse an earlier
+// stage's blocks instead of adding resident memory (a cache keyed by exact size holds one block per distinct size
+// ever seen). Other requests (weights, results) take only their own class, so they never pin a larger block. Each HostAllocator has its own cache and bound (set_idle_limit); the process default
 // one (default_host_allocator(), used by Tensor::empty) starts at MAMBACV_HOST_CACHE_MB (default 1024; 0 disables).
 // Thread-safe. A block keeps its allocator alive, so tensors may outlive the model that made them.
 #pragma once
@@ -11,22 +14,22 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
-#include <vector>
+#include <map>
 
 namespace mambacv {
 
 class HostAllocator : public std::enable_shared_from_this<HostAllocator> {
  public:
   static constexpr size_t kMinCachedBytes = 256 * 1024;
+  static constexpr size_t kMaxReuseFactor = 4;
   explicit HostAllocator(size_t idle_limit_bytes);
   ~HostAllocator();
   HostAllocator(const HostAllocator&) = delete;
   HostAllocator& operator=(const HostAllocator&) = delete;
 
   // An owning pointer to at least n bytes, 64-byte aligned; the block returns to this cache when the last owner
-  // drops it (or is freed when the cache is full).
-  std::shared_ptr<void> alloc(size_t n);
+  // drops it (or is freed when the cache is full). short_lived: may reuse a larger idle block (see above).
+  std::shared_ptr<void> alloc(size_t n, bool short_lived = false);
   // Bound on idle cached bytes; lowering it frees idle blocks down to the new bound at once.
   void set_idle_limit(size_t bytes);
   size_t idle_limit() const;
@@ -34,11 +37,11 @@ class HostAllocator : public std::enable_shared_from_this<HostAllocator> {
   void release();  // frees every idle block
 
  private:
-  void* take(size_t cls);
+  void* take(size_t cls, size_t max_cls, size_t* block_cls);
   bool give(void* p, size_t cls);
   void trim_locked(size_t limit);
   mutable std::mutex m_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::multimap<size_t, void*> free_;  // size class -> idle block
   size_t idle_ = 0;
   size_t limit_ = 0;
 };

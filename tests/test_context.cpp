@@ -180,6 +180,30 @@ TEST(Context, ModelAllocatorBoundSetInCode) {
   EXPECT_LE(a->idle_bytes(), size_t{5} << 20);
   a->set_idle_limit(0);
   EXPECT_EQ(a->idle_bytes(), 0u);
+  // a call's temporaries reuse a larger idle block (up to kMaxReuseFactor times their class); other requests
+  // (weights, results) take only their own class, so they never pin a larger block
+  a->set_idle_limit(size_t{64} << 20);
+  void* big = nullptr;
+  {
+    auto b = a->alloc(size_t{4} << 20);
+    big = b.get();
+  }
+  {
+    auto w = a->alloc(size_t{2} << 20);
+    EXPECT_NE(w.get(), big);
+    auto t = a->alloc(size_t{2} << 20, /*short_lived=*/true);
+    EXPECT_EQ(t.get(), big);
+  }
+  {
+    auto too_small = a->alloc(HostAllocator::kMinCachedBytes, /*short_lived=*/true);  // 4 MiB is over 4x its class
+    EXPECT_NE(too_small.get(), big);
+  }
+  {
+    ExecContext ctx = ExecContext::cpu(1);
+    ctx.alloc = a;
+    Tensor t = ctx.empty({int64_t{3} << 18});  // 3 MiB of f32 temporaries: the idle 4 MiB block
+    EXPECT_EQ(t.raw(), big);
+  }
   HostAllocator on_stack(size_t{1} << 20);  // blocks keep their allocator alive: it must be shared-owned
   EXPECT_THROW(on_stack.alloc(1 << 20), Error);
 }

@@ -140,6 +140,22 @@ TEST(VMamba, BatchItemsAreIndependent) {
   }
 }
 
+// The MLP runs over row chunks of about 1 MiB of hidden activations; a batch of three 160x160 images at stage 0
+// (3 x 1600 rows of 128 hidden f32 = 2.4 MiB) splits in the middle of an image, one image alone does not.
+TEST(VMamba, MlpRowChunksMatchOneChunk) {
+  MAMBACV_REQUIRE_FIXTURES();
+  for (const char* name : {"vmamba_v2_mini", "vmamba_backbone_mini"}) {
+    SCOPED_TRACE(name);
+    Model m = load_fixture(name);
+    const Tensor x = test::random_tensor({3, 3, 160, 160}, 11);
+    const auto all = m.features(x);
+    for (int64_t b = 0; b < 3; ++b) {
+      const auto one = m.features(x.slice0(b, b + 1).clone());
+      for (const auto& [k, v] : one) expect_close(v, all.at(k).slice0(b, b + 1).clone(), 1e-5, k);
+    }
+  }
+}
+
 TEST(VMamba, OddAndNonSquareInputs) {
   MAMBACV_REQUIRE_FIXTURES();
   auto ceil2 = [](int64_t v) { return (v + 1) / 2; };

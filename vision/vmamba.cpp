@@ -19,6 +19,7 @@ namespace mambacv::detail {
 namespace {
 
 constexpr float kLnEps = 1e-5f;
+constexpr int64_t kMlpChunkBytes = int64_t{1} << 20;  // hidden activations per MLP chunk (f32)
 constexpr int64_t kK = ssm::kSS2DDirections;
 
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
@@ -431,8 +432,13 @@ class VMambaNetwork final : public Network {
       const ssm::SS2DOrders ord = {(*orders)[0].data(), (*orders)[1].data(), (*orders)[2].data(),
                                    (*orders)[3].data()};
       Tensor normed = ctx.empty({B, H, W, C});
-      Tensor hidden;
-      if (c.mlp_ratio > 0) hidden = ctx.empty({BL, c.mlp_hidden(i)});
+      // The MLP runs over row chunks of about kMlpChunkBytes of hidden activations (fc1 -> GELU -> fc2 per chunk):
+      // the hidden buffer stays small and in cache instead of (B*H*W, hidden) at full size.
+      const int64_t hd = c.mlp_ratio > 0 ? c.mlp_hidden(i) : 0;
+      const int64_t nchunks = hd > 0 ? std::max<int64_t>(1, BL * hd * 4 / kMlpChunkBytes) : 1;
+      const int64_t chunk_rows = (BL + nchunks - 1) / nchunks;
+      Tensor hidden_buf;
+      if (hd > 0) hidden_buf = ctx.empty({chunk_rows, hd});
       for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
         const Block& blk = blocks_[static_cast<size_t>(i)][j];
         policy.scope("stage." + si + ".block." + std::to_string(j));
@@ -448,18 +454,25 @@ class VMambaNetwork final : public Network {
           ssm::ss2d_forward(ctx, normed, blk.op, ord, policy, &cur);
         }
         // x += fc2(GELU(fc1(norm2(x))))
-        if (c.mlp_ratio > 0) {
+        if (hd > 0) {
           ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed);
           policy.apply(ctx, Boundary::Activation, normed);
-          policy.linear(ctx, Boundary::Mlp, normed, blk.fc1, hidden);
-          ops::activate(ctx, ops::Act::Gelu, hidden);
-          policy.apply(ctx, Boundary::Mlp, hidden);
-          if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
-            ops::linear(ctx, hidden, blk.fc2, cur, /*accumulate=*/true);
-          } else {
-            policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, normed);  // normed (fc1's input) is free again
-            ops::add(ctx, cur, normed);
-            policy.apply(ctx, Boundary::Residual, cur);
+          const Tensor normed_rows = normed.reshape({BL, C});
+          Tensor cur_rows = cur.reshape({BL, C});
+          for (int64_t r0 = 0; r0 < BL; r0 += chunk_rows) {
+            const int64_t r1 = std::min(BL, r0 + chunk_rows);
+            Tensor in = normed_rows.slice0(r0, r1), res = cur_rows.slice0(r0, r1);
+            Tensor hidden = hidden_buf.slice0(0, r1 - r0);  // (rows, hidden)
+            policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden);
+            ops::activate(ctx, ops::Act::Gelu, hidden);
+            policy.apply(ctx, Boundary::Mlp, hidden);
+            if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
+              ops::linear(ctx, hidden, blk.fc2, res, /*accumulate=*/true);
+            } else {
+              policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, in);  // these rows of normed are free again
+              ops::add(ctx, res, in);
+              policy.apply(ctx, Boundary::Residual, res);
+            }
           }
         }
       }

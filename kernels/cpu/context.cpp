@@ -22,7 +22,7 @@ ExecContext ExecContext::cpu(int threads) {
 Tensor ExecContext::empty(const Shape& shape, DType dtype) const {
   for (int64_t d : shape) MAMBACV_CHECK(d >= 0, "tensor shape " << shape_str(shape) << " has a negative size");
   const size_t n = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  std::shared_ptr<void> block = allocator().alloc(n);
+  std::shared_ptr<void> block = allocator().alloc(n, /*short_lived=*/true);
   void* p = block.get();
   return Tensor::view_of(p, shape, dtype, std::move(block));
 }

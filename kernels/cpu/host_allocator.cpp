@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 
 #include "mambacv/error.h"
 
@@ -20,31 +21,33 @@ size_t size_class(size_t n) {
 HostAllocator::HostAllocator(size_t idle_limit_bytes) : limit_(idle_limit_bytes) {}
 HostAllocator::~HostAllocator() { release(); }
 
-void* HostAllocator::take(size_t cls) {
+// The smallest idle block of class in [cls, max_cls]; its class goes to *block_cls.
+void* HostAllocator::take(size_t cls, size_t max_cls, size_t* block_cls) {
   std::lock_guard<std::mutex> lock(m_);
-  auto it = free_.find(cls);
-  if (it == free_.end() || it->second.empty()) return nullptr;
-  void* p = it->second.back();
-  it->second.pop_back();
-  idle_ -= cls;
+  auto it = free_.lower_bound(cls);
+  if (it == free_.end() || it->first > max_cls) return nullptr;
+  void* p = it->second;
+  *block_cls = it->first;
+  idle_ -= it->first;
+  free_.erase(it);
   return p;
 }
 
 bool HostAllocator::give(void* p, size_t cls) {
   std::lock_guard<std::mutex> lock(m_);
   if (idle_ + cls > limit_) return false;
-  free_[cls].push_back(p);
+  free_.emplace(cls, p);
   idle_ += cls;
   return true;
 }
 
+// Frees the largest idle blocks first until at most `limit` bytes are idle.
 void HostAllocator::trim_locked(size_t limit) {
-  for (auto& [cls, v] : free_) {
-    while (idle_ > limit && !v.empty()) {
-      std::free(v.back());
-      v.pop_back();
-      idle_ -= cls;
-    }
+  while (idle_ > limit && !free_.empty()) {
+    auto last = std::prev(free_.end());
+    std::free(last->second);
+    idle_ -= last->first;
+    free_.erase(last);
   }
 }
 
@@ -64,16 +67,15 @@ size_t HostAllocator::idle_bytes() const {
 void HostAllocator::release() {
   std::lock_guard<std::mutex> lock(m_);
   trim_locked(0);
-  free_.clear();
 }
 
-std::shared_ptr<void> HostAllocator::alloc(size_t n) {
+std::shared_ptr<void> HostAllocator::alloc(size_t n, bool short_lived) {
   // blocks hold their allocator: it must be owned by a shared_ptr (std::make_shared<HostAllocator>(...))
   std::shared_ptr<HostAllocator> self = weak_from_this().lock();
   MAMBACV_CHECK(self != nullptr, "HostAllocator::alloc: the allocator must be owned by a std::shared_ptr");
   MAMBACV_CHECK(n <= (size_t{1} << 60), "out of memory: " << n << " bytes requested");
-  const size_t cls = size_class(n == 0 ? 64 : n);
-  void* p = cls >= kMinCachedBytes ? take(cls) : nullptr;
+  size_t cls = size_class(n == 0 ? 64 : n);
+  void* p = cls >= kMinCachedBytes ? take(cls, short_lived ? kMaxReuseFactor * cls : cls, &cls) : nullptr;
   if (!p) p = std::aligned_alloc(64, cls);
   MAMBACV_CHECK(p != nullptr, "out of memory allocating " << n << " bytes");
   if (cls < kMinCachedBytes) return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
