@@ -1,5 +1,6 @@
 // Vim end to end against the upstream goldens, plus bad input and the verify command.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <thread>
 
@@ -135,6 +136,28 @@ TEST(Vim, UnsupportedConfigOptionsAreRefused) {
   EXPECT_THROW(Model::random(cfg), Error);
   cfg.json = R"({"embed_dim": "wide"})";
   EXPECT_THROW(Model::random(cfg), Error);
+}
+
+// VisionMamba's if_divide_out defaults to true; upstream's vim_base factory spells it "if_devide_out".
+TEST(Vim, DivideOutDefaultsToUpstreamsAndTakesBothSpellings) {
+  MAMBACV_REQUIRE_FIXTURES();
+  ModelConfig cfg = load_model_config(fixture("vim_mini.json"));  // holds "if_divide_out": true
+  WeightFile w = load_weights(fixture("vim_mini.weights.safetensors"));
+  const Tensor x = load_safetensors(fixture("vim_mini.golden.safetensors")).tensors.at("input").to(DType::F32);
+  const Tensor want = Model::load(cfg, w.tensors, {}, w.path).classify(x);
+  nlohmann::json j = nlohmann::json::parse(cfg.json);
+  auto logits_with = [&](const nlohmann::json& c) {
+    ModelConfig m = cfg;
+    m.json = c.dump();
+    return Model::load(m, w.tensors, {}, w.path).classify(x);
+  };
+  j.erase("if_divide_out");
+  expect_close(logits_with(j), want, 0, "no key");
+  nlohmann::json misspelt = j;
+  misspelt["if_devide_out"] = true;
+  expect_close(logits_with(misspelt), want, 0, "if_devide_out");
+  j["if_divide_out"] = false;
+  EXPECT_GT(compare(logits_with(j), want).rel_l2, 1e-3) << "if_divide_out false must change the output";
 }
 
 TEST(Vim, ShippedConfigsBuild) {

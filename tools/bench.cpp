@@ -1,6 +1,4 @@
 // mambacv bench: latency / throughput of a model on this machine, beside the machine's measured GEMM rate.
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,26 +22,15 @@ const char* kBenchHelp =
     "min / max latency, images/s, peak memory and the model's real FLOPs (2 per multiply-add) as a fraction of the\n"
     "FMA peak. --per-op adds, per batch size, time / FLOPs / bytes per op type per stage of one traced pass.\n"
     "--json prints one object per line: the machine first, then one per batch size.\n"
-    "bench --gemm [--threads N] [--dtype D] [--json] times the GEMM alone (weights stored in D) on the models' shapes (1 and N threads).\n";
+    "bench --gemm [--threads N] [--dtype D] [--json] times the GEMM alone (weights stored in D) on the models' shapes (1 and N threads).\n"
+    "bench --suite [--quick] [--threads N] [--iters N] [--upstream TIMES.json] [--save PREFIX] runs the project's\n"
+    "performance tables in one go (Vim-T, VMamba-T s1l8 and v0 at batch 1 / 8 / 32, bf16, 1 vs N threads, 512 and\n"
+    "1024 pixels, vim_small, vmamba_base_s1l20, Mask R-CNN at 1333x800, memory over repeated calls) and prints\n"
+    "markdown: per row the FLOPs, the achieved fraction of the FMA peak measured just before it and the target; then\n"
+    "the checks between rows. --quick leaves out the 1024-pixel, base / small and detection rows. --upstream reads\n"
+    "{\"model\": ms per image, ...} (the upstream harness's timings) and adds the speed-up per row. --save writes\n"
+    "PREFIX.md and PREFIX.json.\n";
 
-// The process's RSS high-water mark (MiB): VmHWM, which reset_peak_rss() sets back to the current RSS (Linux
-// /proc/self/clear_refs "5"), so a peak can be taken over the runs of one batch size without the load before it.
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // "VmHWM:   123456 kB"
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
-}
-// false where the kernel does not allow it (the peak then includes everything since the process started)
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
 }  // namespace
 
 Model load_or_random(const Args& args, const Options& opt) {
@@ -54,12 +41,13 @@ Model load_or_random(const Args& args, const Options& opt) {
 
 int cmd_bench(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
-  valued.insert({"model", "weights", "batch", "size", "warmup", "iters"});
-  Args args("bench", argv, valued, {"json", "per-op", "gemm", "help", "check-finite"});
+  valued.insert({"model", "weights", "batch", "size", "warmup", "iters", "upstream", "save"});
+  Args args("bench", argv, valued, {"json", "per-op", "gemm", "help", "check-finite", "suite", "quick"});
   if (args.has("help")) {
     std::fputs(kBenchHelp, stdout);
     return 0;
   }
+  if (args.has("suite")) return bench_suite(args);
   if (args.has("gemm")) return bench_gemm(args.model_options().threads, args.has("json"), args.model_options().dtype);
   MAMBACV_CHECK(args.positionals().empty(), "bench: unexpected argument '" << args.positionals()[0] << "'");
   Options opt = args.model_options();
@@ -105,17 +93,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
       else
         model.features(x);
     };
-    for (int i = 0; i < warmup; ++i) run();
-    std::vector<double> ms;
-    for (int i = 0; i < iters; ++i) {
-      double t0 = now_s();
-      run();
-      ms.push_back((now_s() - t0) * 1e3);
-    }
-    std::vector<double> sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
-    size_t n = sorted.size();
-    double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+    const std::vector<double> sorted = time_runs(run, warmup, iters);
+    const double median = median_of(sorted);
     double ips = b / (median / 1e3);
     double achieved = gflop * b / (median / 1e3);
     double frac = achieved / peak;

@@ -31,6 +31,14 @@ int cmd_check_cores(const std::vector<std::string>& args);
 double now_s();
 // The thread count a model with Options::threads == threads uses.
 int resolve_threads(int threads);
+// Runs `run` warmup times, then times iters runs: milliseconds, sorted ascending.
+std::vector<double> time_runs(const std::function<void()>& run, int warmup, int iters);
+double median_of(const std::vector<double>& sorted);
+// The process's RSS high-water mark (MiB): VmHWM, which reset_peak_rss() sets back to the current RSS (Linux
+// /proc/self/clear_refs "5"; false where the kernel does not allow it), so a peak can be taken over one phase.
+double peak_rss_mb();
+bool reset_peak_rss();
+double rss_mb();  // the current RSS (MiB)
 // The library GEMM's rate on a 1024^3 product with a packed weight, GFLOP/s.
 double measure_gemm_gflops(int threads);
 struct MachineReport {
@@ -43,6 +51,9 @@ struct MachineReport {
 MachineReport measure_machine(int threads);
 // `bench --gemm [--dtype D]`: the GEMM on the models' shapes (no model needed), weights stored in D.
 int bench_gemm(int threads, bool json, DType storage = DType::F32);
+class Args;
+// `bench --suite` (tools/bench_suite.cpp): the performance tables in one run.
+int bench_suite(const Args& args);
 // verify for arch "mask_rcnn" fixtures (tools/verify_detection.cpp).
 int verify_detection_fixture(const std::string& fixture, const std::string& weights, const TensorMap& golden,
                              const Options& opt);

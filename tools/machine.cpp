@@ -1,8 +1,12 @@
 // What `bench` and `info` print about the machine: the CPU, the ISA each kernel family dispatched to, the
 // measured FMA peak and the measured rate of the library's own GEMM.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include "kernels/cpu_info.h"
 #include "kernels/host_allocator.h"
@@ -16,6 +20,49 @@ double now_s() {
 }
 
 int resolve_threads(int threads) { return ExecContext::cpu(threads).threads; }
+
+std::vector<double> time_runs(const std::function<void()>& run, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) run();
+  std::vector<double> ms;
+  for (int i = 0; i < iters; ++i) {
+    const double t0 = now_s();
+    run();
+    ms.push_back((now_s() - t0) * 1e3);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms;
+}
+
+double median_of(const std::vector<double>& sorted) {
+  const size_t n = sorted.size();
+  if (n == 0) return 0;
+  return n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+}
+
+double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // "VmHWM:   123456 kB"
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+double rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
 
 double measure_gemm_gflops(int threads) {
   ExecContext ctx = ExecContext::cpu(threads);

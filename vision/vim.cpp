@@ -31,8 +31,9 @@ VimConfig parse_vim(const ModelConfig& mc) {
   c.num_classes = r.get_int("num_classes", 1000);
   c.channels = r.get_int("channels", 3);
   c.norm_eps = r.get_double("norm_epsilon", 1e-5);
-  // upstream spells it "if_devide_out"; accept the corrected spelling too
-  c.divide_out = r.get_bool("if_devide_out", r.get_bool("if_divide_out", false));
+  // VisionMamba's keyword is "if_divide_out", default true; upstream's vim_base factory passes the misspelling
+  // "if_devide_out", which is accepted here as the same key
+  c.divide_out = r.get_bool("if_divide_out", r.get_bool("if_devide_out", true));
   r.require_equal("bimamba_type", std::string("v2"), "v2");
   r.require_bool("if_cls_token", true);
   r.require_bool("use_middle_cls_token", true);
