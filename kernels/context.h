@@ -27,7 +27,8 @@ class TraceSink {
   virtual ~TraceSink() = default;
   // wants_time(): whether ops should measure their wall time (costs a clock read per op).
   virtual bool wants_time() const { return false; }
-  virtual void record(const char* op, double seconds, double flops, double bytes) = 0;
+  // exps: the op's exp evaluations (the selective scan's bound on CPUs; 0 for most ops)
+  virtual void record(const char* op, double seconds, double flops, double bytes, double exps) = 0;
   // The network names the part it is in ("patch_embed", "stage.0", "head", ...); records are attributed to it.
   void set_stage(const std::string& s) { stage_ = s; }
   const std::string& stage() const { return stage_; }
@@ -65,19 +66,19 @@ struct ExecContext {
   }
 };
 
-// Records one op call on ctx.trace (if any): FLOPs and bytes always, the wall time between construction and
-// destruction when the sink wants it.
+// Records one op call on ctx.trace (if any): FLOPs, bytes and exp evaluations always, the wall time between
+// construction and destruction when the sink wants it.
 class OpTrace {
  public:
-  OpTrace(const ExecContext& ctx, const char* op, double flops, double bytes)
-      : sink_(ctx.trace), op_(op), flops_(flops), bytes_(bytes) {
+  OpTrace(const ExecContext& ctx, const char* op, double flops, double bytes, double exps = 0)
+      : sink_(ctx.trace), op_(op), flops_(flops), bytes_(bytes), exps_(exps) {
     if (sink_ && sink_->wants_time()) t0_ = std::chrono::steady_clock::now();
   }
   ~OpTrace() {
     if (!sink_) return;
     double s = 0;
     if (sink_->wants_time()) s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    sink_->record(op_, s, flops_, bytes_);
+    sink_->record(op_, s, flops_, bytes_, exps_);
   }
   OpTrace(const OpTrace&) = delete;
   OpTrace& operator=(const OpTrace&) = delete;
@@ -85,7 +86,7 @@ class OpTrace {
  private:
   TraceSink* sink_;
   const char* op_;
-  double flops_, bytes_;
+  double flops_, bytes_, exps_;
   std::chrono::steady_clock::time_point t0_{};
 };
 

@@ -36,4 +36,9 @@ namespace mambacv::cpu {
 // in registers (24 zmm accumulators with AVX-512, 12 ymm with AVX2, scalar otherwise - the widest cpu_isa()
 // allows) for about `seconds`; the best of a few repeats.
 double measure_fma_peak_gflops(int threads, double seconds = 0.2);
+// The selective scan's exp throughput in G exp evaluations per second on `threads` threads: its own vectorised
+// exp2 (and the multiply before it) on the ISA the scan dispatches to, independent chains in registers.
+double measure_scan_exp_rate(int threads, double seconds = 0.2);
+// Main-memory bandwidth in GB/s (bytes read + written) of a streaming copy of 64 MiB on `threads` threads.
+double measure_copy_bandwidth_gbs(int threads);
 }  // namespace mambacv::cpu

@@ -321,6 +321,14 @@ TEST(CliBench, PerOpTableAndGemmShapes) {
     ops.insert(r["op"].get<std::string>());
   }
   EXPECT_NEAR(gflop, lines[1]["model_gflop"].get<double>(), 1e-6 * gflop) << "the trace sees every op's FLOPs";
+  // the scan against its bound (exp throughput or memory bandwidth)
+  const auto& sb = lines[1].at("scan_bound");
+  EXPECT_GT(sb["exps"].get<double>(), 0.0);
+  EXPECT_GT(sb["exp_rate_g_per_s"].get<double>(), 0.0);
+  EXPECT_GT(sb["bandwidth_gbs"].get<double>(), 0.0);
+  EXPECT_NEAR(sb["of_bound"].get<double>(),
+              sb["scan_ms"].get<double>() /
+                  std::max(sb["exp_bound_ms"].get<double>(), sb["memory_bound_ms"].get<double>()), 1e-9);
   EXPECT_TRUE(ops.count("gemm") && ops.count("selective_scan") && ops.count("depthwise_conv2d")) << out;
   // the text table names the stages
   out = stdout_of(cli("bench --per-op --iters 1 --warmup 0 --batch 1 --model " + q(fixture("vim_mini.json"))), &rc);
@@ -334,6 +342,15 @@ TEST(CliBench, PerOpTableAndGemmShapes) {
   lines = json_lines(out);
   ASSERT_GE(lines.size(), 5u) << out;
   for (const auto& j : lines) EXPECT_GT(j["gflops"].get<double>(), 0.0) << j.dump();
+}
+
+// bench --suite checks its files before any timing
+TEST(CliBench, SuiteRefusesBadFilesBeforeTiming) {
+  expect_one_line_error("bench --suite --upstream " + q("no/such/times.json"), "no/such/times.json");
+  const std::string bad = temp_dir("suite") + "/upstream_bad.json";
+  std::ofstream(bad) << R"({"vim_tiny": "fast"})";
+  expect_one_line_error("bench --suite --upstream " + q(bad), "'vim_tiny': expected a positive number of ms");
+  expect_one_line_error("bench --suite --save " + q("no/such/dir/report"), "no/such/dir/report.md");
 }
 
 // ---- info ----------------------------------------------------------------------------------------------------------

@@ -149,6 +149,13 @@ TEST(Context, TracedGemmFlopsMatchTheArchitecture) {
   for (const OpStat& o : m.profile(test::random_tensor({Bn, 3, 64, 64}, 3)))
     if (o.op == std::string("gemm")) gemm += o.flops;
   EXPECT_NEAR(gemm, expect, 1e-9 * expect);
+  // the scan's exp evaluations: per layer, both directions, every (token, channel): N states + softplus + the z gate
+  double exps = 0;
+  for (const OpStat& o : m.profile(test::random_tensor({Bn, 3, 64, 64}, 3))) {
+    if (o.op == std::string("selective_scan")) exps += o.exps;
+    else EXPECT_EQ(o.exps, 0.0) << o.op;
+  }
+  EXPECT_NEAR(exps, Bn * depth * 2.0 * T * E * (N + 2), 1e-9 * exps);
 }
 
 TEST(Context, ModelAllocatorBoundSetInCode) {

@@ -119,6 +119,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
                           {"gflop", o.flops / 1e9}, {"mbytes", o.bytes / 1e6},
                           {"gflops", o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0}});
         j["per_op"] = rows;
+        const ScanBound sb = scan_bound(ops_table, threads);
+        if (sb.present())
+          j["scan_bound"] = {{"scan_ms", sb.seconds * 1e3},       {"exps", sb.exps},
+                             {"exp_rate_g_per_s", sb.exp_rate},   {"exp_bound_ms", sb.exp_seconds * 1e3},
+                             {"mbytes", sb.bytes / 1e6},          {"bandwidth_gbs", sb.bandwidth_gbs},
+                             {"memory_bound_ms", sb.memory_seconds * 1e3}, {"of_bound", sb.ratio()},
+                             {"binds", sb.binds()}};
       }
       std::printf("%s\n", j.dump().c_str());
     } else {
@@ -134,6 +141,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
           std::printf("  %-16s %-20s %6lld %9.3f %5.1f%% %9.3f %10.2f %9.1f\n", o.stage.c_str(), o.op.c_str(),
                       static_cast<long long>(o.calls), o.seconds * 1e3, total > 0 ? 100.0 * o.seconds / total : 0.0,
                       o.flops / 1e9, o.bytes / 1e6, o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0);
+        const ScanBound sb = scan_bound(ops_table, threads);
+        if (sb.present())
+          std::printf("  selective_scan: %.2f ms; bound %.2f ms by %s (%.3f G exps at %.1f G/s = %.2f ms; %.1f MB at "
+                      "%.1f GB/s = %.2f ms): %.2fx its bound\n",
+                      sb.seconds * 1e3, std::max(sb.exp_seconds, sb.memory_seconds) * 1e3, sb.binds(), sb.exps / 1e9,
+                      sb.exp_rate, sb.exp_seconds * 1e3, sb.bytes / 1e6, sb.bandwidth_gbs, sb.memory_seconds * 1e3,
+                      sb.ratio());
       }
     }
     std::fflush(stdout);

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "kernels/cpu_info.h"
 #include "kernels/host_allocator.h"
@@ -35,6 +36,7 @@ struct Row {
   int threads = 1;
   double median_ms = 0, min_ms = 0, max_ms = 0, images_per_s = 0, gflop_per_image = 0, achieved_gflops = 0;
   double fma_peak = 0, fraction = 0, peak_rss_mb = 0, upstream_ms = -1;
+  ScanBound scan;  // batch-1 f32 224² rows: the scan's time in one traced pass against its bound
 };
 
 struct Check {
@@ -109,7 +111,10 @@ int bench_suite(const Args& args) {
     for (const char* m : {"vim_small", "vmamba_base_s1l20"})
       for (int b : {1, 8}) cases.push_back({m, DType::F32, b, 224, 0, -1});
   }
-  std::stable_sort(cases.begin(), cases.end(), [](const Case& a, const Case& b) { return a.model < b.model; });
+  // one model loaded at a time: grouped by model, then dtype and thread count (1-thread rows last)
+  std::stable_sort(cases.begin(), cases.end(), [](const Case& a, const Case& b) {
+    return std::make_tuple(a.model, a.dtype, a.threads == 1) < std::make_tuple(b.model, b.dtype, b.threads == 1);
+  });
 
   const std::string cpu_name = cpu::cpu_name();
   const MachineReport machine = measure_machine(threads);
@@ -135,7 +140,8 @@ int bench_suite(const Args& args) {
       loaded = {c.model, c.dtype, t, std::make_unique<Model>(Model::random(load_model_config(c.model), opt, 1))};
       // memory: resident growth of the process over 1000 (quick: 100) batch-1 calls, and batch-1 peak above the
       // RSS before loading, against the weights' bytes (VMamba-T f32 is the target row)
-      if (c.dtype == DType::F32 && t == threads && (c.model == "vmamba_tiny_s1l8" || c.model == "vim_tiny")) {
+      if (c.dtype == DType::F32 && t == threads && !rss_growth_mb.count(c.model) &&
+          (c.model == "vmamba_tiny_s1l8" || c.model == "vim_tiny")) {
         Tensor x = random_input(1, 224, 224, 5);
         reset_peak_rss();
         for (int i = 0; i < 10; ++i) loaded.m->classify(x);
@@ -166,6 +172,8 @@ int bench_suite(const Args& args) {
     r.images_per_s = c.batch / (r.median_ms / 1e3);
     r.achieved_gflops = r.gflop_per_image * r.images_per_s;
     r.fraction = r.achieved_gflops / r.fma_peak;
+    if (c.batch == 1 && c.size == 224 && c.dtype == DType::F32 && t == threads)
+      r.scan = scan_bound(m.profile(x), t);
     auto up = upstream.find(c.model);
     if (up != upstream.end()) r.upstream_ms = up->second;
     rows.push_back(r);
@@ -239,6 +247,12 @@ int bench_suite(const Args& args) {
       }
     }
   }
+  for (const Row& r : rows)
+    if (r.scan.present())
+      checks.push_back({r.c.model + " batch 1: selective scan time / its bound (" + r.scan.binds() + ")",
+                        fmt("%.2fx", r.scan.ratio()) + fmt(" (%.1f ms", r.scan.seconds * 1e3) +
+                            fmt(" vs %.1f ms)", std::max(r.scan.exp_seconds, r.scan.memory_seconds) * 1e3),
+                        "<= 1.5x", r.scan.ratio() <= 1.5});
   for (const auto& [model, g] : rss_growth_mb)
     checks.push_back({model + ": RSS growth over " + std::string(quick ? "100" : "1000") + " repeated calls",
                       fmt("%.1f MB", g), "~0 MB (<= 1 MB)", g <= 1.0});
@@ -313,6 +327,14 @@ int bench_suite(const Args& args) {
                                   {"fma_peak_gflops", r.fma_peak},
                                   {"peak_fraction", r.fraction},
                                   {"peak_rss_mb", r.peak_rss_mb}};
+      if (r.scan.present())
+        o["scan_bound"] = {{"scan_ms", r.scan.seconds * 1e3},
+                           {"exp_bound_ms", r.scan.exp_seconds * 1e3},
+                           {"memory_bound_ms", r.scan.memory_seconds * 1e3},
+                           {"exp_rate_g_per_s", r.scan.exp_rate},
+                           {"bandwidth_gbs", r.scan.bandwidth_gbs},
+                           {"of_bound", r.scan.ratio()},
+                           {"binds", r.scan.binds()}};
       if (r.c.target > 0) o["target_fraction"] = r.c.target;
       if (r.upstream_ms > 0) {
         o["upstream_ms_per_image"] = r.upstream_ms;

@@ -3,6 +3,7 @@
 // kernels/context.h (CPU features, the GEMM backend, the FMA-peak and GEMM measurements).
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -51,6 +52,18 @@ struct MachineReport {
 MachineReport measure_machine(int threads);
 // `bench --gemm [--dtype D]`: the GEMM on the models' shapes (no model needed), weights stored in D.
 int bench_gemm(int threads, bool json, DType storage = DType::F32);
+// The selective scan's time in a profile against its bound: its exp evaluations at the scan's measured exp rate,
+// or its bytes at the measured copy bandwidth, whichever takes longer (the rates are measured once per thread count).
+struct ScanBound {
+  double seconds = 0, exps = 0, bytes = 0;     // summed over the profile's selective_scan records
+  double exp_rate = 0, bandwidth_gbs = 0;      // G exps/s, GB/s on the profile's thread count
+  double exp_seconds = 0, memory_seconds = 0;  // the two bounds
+  double ratio() const { return seconds / std::max(exp_seconds, memory_seconds); }
+  const char* binds() const { return exp_seconds >= memory_seconds ? "exp throughput" : "memory bandwidth"; }
+  bool present() const { return exps > 0; }
+};
+ScanBound scan_bound(const std::vector<OpStat>& ops, int threads);
+
 class Args;
 // `bench --suite` (tools/bench_suite.cpp): the performance tables in one run.
 int bench_suite(const Args& args);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 
@@ -82,6 +83,23 @@ double measure_gemm_gflops(int threads) {
     best = std::min(best, now_s() - t0);
   }
   return 2.0 * n * n * n / best / 1e9;
+}
+
+ScanBound scan_bound(const std::vector<OpStat>& ops, int threads) {
+  ScanBound b;
+  for (const OpStat& o : ops)
+    if (o.op == "selective_scan") b.seconds += o.seconds, b.exps += o.exps, b.bytes += o.bytes;
+  if (!b.present()) return b;
+  static std::map<int, std::pair<double, double>> rates;  // threads -> (exp rate, bandwidth), measured once
+  auto it = rates.find(threads);
+  if (it == rates.end())
+    it = rates.emplace(threads, std::make_pair(cpu::measure_scan_exp_rate(threads),
+                                               cpu::measure_copy_bandwidth_gbs(threads))).first;
+  b.exp_rate = it->second.first;
+  b.bandwidth_gbs = it->second.second;
+  b.exp_seconds = b.exps / (b.exp_rate * 1e9);
+  b.memory_seconds = b.bytes / (b.bandwidth_gbs * 1e9);
+  return b;
 }
 
 MachineReport measure_machine(int threads) {

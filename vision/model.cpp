@@ -40,16 +40,16 @@ class StatSink final : public TraceSink {
  public:
   explicit StatSink(bool timed) : timed_(timed) {}
   bool wants_time() const override { return timed_; }
-  void record(const char* op, double seconds, double flops, double bytes) override {
+  void record(const char* op, double seconds, double flops, double bytes, double exps) override {
     total_flops += flops;
     const int team = take_team();
     for (OpStat& s : stats)
       if (s.stage == stage() && s.op == op) {
-        ++s.calls, s.seconds += seconds, s.flops += flops, s.bytes += bytes;
+        ++s.calls, s.seconds += seconds, s.flops += flops, s.bytes += bytes, s.exps += exps;
         s.threads = std::max(s.threads, team);
         return;
       }
-    stats.push_back({stage(), op, 1, seconds, flops, bytes, team});
+    stats.push_back({stage(), op, 1, seconds, flops, bytes, team, exps});
   }
   std::vector<OpStat> stats;
   double total_flops = 0;

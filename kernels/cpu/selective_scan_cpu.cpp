@@ -14,7 +14,10 @@
 // directions) 1.7 ms on 1 thread, 0.87 ms on 2; Vim-T layer (dim 384, L 197, N 16, 2 directions, z) 0.67 / 0.34 ms.
 // N = 16 is bound by the FP pipes (~11 vector ops per state and step, 8 of them the exp); software prefetching of
 // the order's tokens measured slower (hardware prefetch copes), a 4-way split of the y sum made no difference.
+#include <omp.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -25,6 +28,7 @@
 // GCC 12 flags the intrinsics' deliberate _mm512_undefined_*() pass-through operands as maybe-uninitialized once
 // they are inlined (a known false positive); the warning is reported at the header's lines, hence placed here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -155,17 +159,49 @@ void selective_scan_cpu(const ExecContext& ctx, const ScanParams& p) {
   }
 }
 
+double cpu::measure_scan_exp_rate(int threads, double seconds) {
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  constexpr int64_t kIters = 1 << 12;
+  const double exps_per_call = static_cast<double>(scan_avx512::kExpChains) * kW * kIters;
+  threads = std::max(1, threads);
+  double best = 0;
+  volatile float sink = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    int64_t calls = 0;
+    int team = 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    double el = 0;
+    while (el < seconds / 3) {
+      float part = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : part)
+      {
+        const float seed = 0.5f + 0.001f * static_cast<float>(omp_get_thread_num());
+        part += avx512 ? scan_avx512::exp2_chains(seed, kIters) : scan_portable::exp2_chains(seed, kIters);
+#pragma omp master
+        team = omp_get_num_threads();
+      }
+      sink = sink + part;
+      ++calls;
+      el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    best = std::max(best, exps_per_call * static_cast<double>(calls) * team / el / 1e9);
+  }
+  (void)sink;
+  return best;
+}
+
 void selective_scan(const ExecContext& ctx, const ScanParams& p) {
   // FLOPs per (b, direction, channel, step): N x (dt*A, exp, dA*h, (dt*u)*B, add, C*h multiply-add) = 7N with
   // an exp counted as one, plus delta + bias, softplus (2), dt*u, D*u + y (2) = 6; the z gate adds about 4.
   const double per_step = 7.0 * static_cast<double>(p.N) + 6.0;
-  double total = 0, bytes_per_step = 0;
+  double total = 0, bytes_per_step = 0, exps_per_step = 0;
   for (const auto& d : p.dirs) {
     total += per_step + (d.z.ptr ? 4.0 : 0.0);
+    exps_per_step += static_cast<double>(p.N) + (p.delta_softplus ? 1.0 : 0.0) + (d.z.ptr ? 1.0 : 0.0);
     bytes_per_step += dtype_size(d.u.dtype) * (d.z.ptr ? 3.0 : 2.0) + 4.0;  // u, delta[, z] read, out written
   }
   const double steps = static_cast<double>(p.batch) * static_cast<double>(p.dim) * static_cast<double>(p.L);
-  OpTrace trace(ctx, "selective_scan", total * steps, bytes_per_step * steps);
+  OpTrace trace(ctx, "selective_scan", total * steps, bytes_per_step * steps, exps_per_step * steps);
   MAMBACV_CHECK(ctx.device == Device::Cpu, "selective_scan: the CUDA scan kernel is not part of this build");
   selective_scan_cpu(ctx, p);
 }

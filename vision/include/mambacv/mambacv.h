@@ -46,6 +46,7 @@ struct OpStat {
   int64_t calls = 0;
   double seconds = 0, flops = 0, bytes = 0;
   int threads = 1;  // the largest thread team the op ran with (at most Options::threads)
+  double exps = 0;  // exp evaluations (the selective scan; 0 for most ops)
 };
 
 // A model config file: {"arch": "vim" | "vmamba" | "vmamba_backbone" | ..., "config": {upstream kwargs}}.
