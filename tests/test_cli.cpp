@@ -156,6 +156,28 @@ TEST(CliClassify, BrokenImageInABatch) {
   EXPECT_NE(text.find("b_broken.png"), std::string::npos) << text;
 }
 
+// A file name that is not UTF-8 is written with U+FFFD in the JSON output; the other images are unaffected.
+TEST(CliClassify, NonUtf8FileNameInJson) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const fs::path dir = temp_dir("cli_classify_non_utf8");
+  const fs::path odd = dir / "caf\xe9_\xff.png";  // Latin-1 bytes
+  fs::copy_file(fixture("images/chelsea.png"), odd);
+  fs::copy_file(fixture("images/coffee_small.jpg"), dir / "z_good.jpg");
+  int rc = -1;
+  const std::string out = stdout_of(cli("classify --json --topk 2" + model_args() + " " + q(dir.string())), &rc);
+  EXPECT_EQ(rc, 0) << out;
+  const auto lines = json_lines(out);
+  ASSERT_EQ(lines.size(), 2u) << out;
+  EXPECT_EQ(lines[0]["image"].get<std::string>(), (dir / "caf\xef\xbf\xbd_\xef\xbf\xbd.png").string());
+  expect_valid_top(lines[0], 2);
+  expect_valid_top(lines[1], 2);
+  const std::string feats = (dir / "f.safetensors").string();
+  std::string text;
+  EXPECT_EQ(run_command(cli("features" + model_args() + " " + q(odd.string()) + " -o " + q(feats)), &text), 0) << text;
+  const mambacv::WeightFile f = mambacv::load_safetensors(feats);
+  EXPECT_NE(f.metadata.at("images").find("caf\xef\xbf\xbd"), std::string::npos) << f.metadata.at("images");
+}
+
 TEST(CliClassify, RecursiveFoldersAndListFiles) {
   MAMBACV_REQUIRE_FIXTURES();
   const fs::path dir = temp_dir("cli_classify_inputs");

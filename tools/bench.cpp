@@ -67,7 +67,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   const std::string name = load_model_config(args.get("model")).name;
   if (json) {
     nlohmann::ordered_json j = {{"machine", machine.json()}};
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", json_text(j).c_str());
   } else {
     std::printf("model %s  device %s  dtype %s  core %s  threads %d  size %d  weights %s\n", name.c_str(),
                 device_name(opt.device), dtype_name(opt.dtype), core_name(opt.core), threads, size,
@@ -127,7 +127,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                              {"memory_bound_ms", sb.memory_seconds * 1e3}, {"of_bound", sb.ratio()},
                              {"binds", sb.binds()}};
       }
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", json_text(j).c_str());
     } else {
       std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.1f %8.1f %7.1f%%\n", b, median, sorted.front(), sorted.back(),
                   ips, peak_rss_mb(), achieved, 100.0 * frac);

@@ -355,7 +355,7 @@ int bench_suite(const Args& args) {
                              {"judged", k.judged}});
     std::ofstream(save + ".md") << md.str();
     std::ofstream js(save + ".json");
-    js << j.dump(1) << "\n";
+    js << json_text(j, 1) << "\n";
     MAMBACV_CHECK(js, "--save: cannot write '" << save << ".json'");
     std::fprintf(stderr, "wrote %s.md and %s.json\n", save.c_str(), save.c_str());
   }

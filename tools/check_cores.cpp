@@ -106,7 +106,7 @@ int cmd_check_cores(const std::vector<std::string>& argv) {
     j["tensors"] = rows;
     if (r.top1_total > 0) j["top1_agree"] = {{"agree", r.top1_agree}, {"total", r.top1_total}};
     j["passed"] = r.passed;
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", json_text(j).c_str());
   } else {
     std::printf("model %s  weights %s  dtype %s  input %s\n", cfg.name.c_str(),
                 weights_path.empty() ? "random" : weights_path.c_str(), dtype_name(r.dtype), x.str().c_str());

@@ -111,7 +111,7 @@ int cmd_classify(const std::vector<std::string>& argv) {
       if (!it.error.empty()) {
         ++failed;
         if (json) {
-          std::printf("%s\n", nlohmann::ordered_json({{"image", it.path}, {"error", it.error}}).dump().c_str());
+          std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", it.path}, {"error", it.error}})).c_str());
         } else {
           std::fprintf(stderr, "mambacv classify: %s: %s\n", it.path.c_str(), it.error.c_str());
         }
@@ -128,7 +128,7 @@ int cmd_classify(const std::vector<std::string>& argv) {
           e["prob"] = p;
           arr.push_back(e);
         }
-        std::printf("%s\n", nlohmann::ordered_json({{"image", it.path}, {"top", arr}}).dump().c_str());
+        std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", it.path}, {"top", arr}})).c_str());
       } else {
         std::printf("%s\n", it.path.c_str());
         for (size_t r = 0; r < top.size(); ++r)

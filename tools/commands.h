@@ -27,6 +27,10 @@ int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
 int cmd_check_cores(const std::vector<std::string>& args);
 
+// JSON text of j for output: bytes that are not valid UTF-8 (file names, labels) become U+FFFD instead of an
+// exception, so one odd name never costs the other results (tools/machine.cpp).
+std::string json_text(const nlohmann::ordered_json& j, int indent = -1);
+
 // Shared helpers of the commands (tools/machine.cpp).
 // Monotonic seconds, for timings.
 double now_s();

@@ -151,7 +151,7 @@ int cmd_detect(const std::vector<std::string>& argv) {
         o["width"] = r.width;
         o["height"] = r.height;
         o["detections"] = arr;
-        std::printf("%s\n", o.dump().c_str());
+        std::printf("%s\n", json_text(o).c_str());
       } else {
         std::printf("%s  %dx%d  %zu detection(s)\n", path.c_str(), r.width, r.height, r.detections.size());
         for (const Detection& d : r.detections)
@@ -182,7 +182,7 @@ int cmd_detect(const std::vector<std::string>& argv) {
     } catch (const std::exception& e) {
       ++failed;
       if (json) {
-        std::printf("%s\n", nlohmann::ordered_json({{"image", path}, {"error", e.what()}}).dump().c_str());
+        std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", path}, {"error", e.what()}})).c_str());
         std::fflush(stdout);
       } else {
         std::fprintf(stderr, "mambacv detect: %s: %s\n", path.c_str(), e.what());

@@ -105,8 +105,8 @@ int cmd_features(const std::vector<std::string>& argv) {
       }
     progress.step(bi + 1);
   }
-  std::map<std::string, std::string> meta = {{"images", images.dump()},
-                                             {"errors", errors.dump()},
+  std::map<std::string, std::string> meta = {{"images", json_text(images)},
+                                             {"errors", json_text(errors)},
                                              {"model", cfg.name},
                                              {"pooled", pool ? "true" : "false"}};
   save_safetensors(args.get("output"), out, meta);

@@ -16,6 +16,10 @@
 
 namespace mambacv::cli {
 
+std::string json_text(const nlohmann::ordered_json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -193,7 +197,7 @@ int bench_gemm(int threads, bool json, DType storage) {
         nlohmann::ordered_json j = {{"shape", s.what}, {"M", s.M}, {"N", s.N}, {"K", s.K}, {"threads", t},
                                     {"gflops", rate}, {"fma_peak_gflops", peak}, {"peak_fraction", rate / peak},
                                     {"backend", path}};
-        std::printf("%s\n", j.dump().c_str());
+        std::printf("%s\n", json_text(j).c_str());
       } else {
         std::printf("  %-28s %6lld %6lld %6lld %10.1f %7.1f%%\n", s.what, static_cast<long long>(s.M),
                     static_cast<long long>(s.N), static_cast<long long>(s.K), rate, 100.0 * rate / peak);

@@ -1,6 +1,7 @@
 #include "vision/config_util.h"
 
 #include <cmath>
+#include <cstdint>
 
 namespace mambacv::detail {
 
@@ -20,9 +21,39 @@ const nlohmann::json& ConfigReader::at(const std::string& key) const { return j_
 int64_t ConfigReader::get_int(const std::string& key, int64_t def) const {
   if (!has(key)) return def;
   const auto& v = at(key);
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    MAMBACV_FAIL(where() << ": \"" << key << "\" is too large for an integer, got " << v.dump());
   if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) return static_cast<int64_t>(v.get<double>());
-  MAMBACV_FAIL(where() << ": \"" << key << "\" must be an integer, got " << v.dump());
+  // a float holding an integer (1e3); beyond 2^53 it is no longer exact, and beyond 2^63 the cast is undefined
+  if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) <= 0x1p53)
+    return static_cast<int64_t>(v.get<double>());
+  MAMBACV_FAIL(where() << ": \"" << key << "\" must be an integer (at most 2^53 as a float), got " << v.dump());
+}
+
+void ConfigReader::check_range(const std::string& key, double v, double lo, double hi) const {
+  MAMBACV_CHECK(std::isfinite(v) && v >= lo && v <= hi,
+                where() << ": \"" << key << "\" must be in [" << lo << ", " << hi << "], got " << v);
+}
+
+int64_t ConfigReader::get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi) const {
+  const int64_t v = get_int(key, def);
+  MAMBACV_CHECK(v >= lo && v <= hi, where() << ": \"" << key << "\" must be in [" << lo << ", " << hi << "], got " << v);
+  return v;
+}
+
+double ConfigReader::get_double(const std::string& key, double def, double lo, double hi) const {
+  const double v = get_double(key, def);
+  check_range(key, v, lo, hi);
+  return v;
+}
+
+std::vector<int64_t> ConfigReader::get_int_list(const std::string& key, const std::vector<int64_t>& def, int64_t lo,
+                                                int64_t hi) const {
+  std::vector<int64_t> out = get_int_list(key, def);
+  for (int64_t v : out)
+    MAMBACV_CHECK(v >= lo && v <= hi, where() << ": \"" << key << "\" elements must be in [" << lo << ", " << hi
+                                              << "], got " << v);
+  return out;
 }
 
 double ConfigReader::get_double(const std::string& key, double def) const {

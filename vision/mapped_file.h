@@ -25,7 +25,8 @@ class MappedFile {
   // Maps `path` read-only. Throws Error naming the file when it is missing, unreadable, not a regular file or
   // cannot be mapped. An empty file is valid (data() is null, size() is 0).
   static std::shared_ptr<MappedFile> open(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; fstat below refuses it
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     MAMBACV_CHECK(fd >= 0, path << ": cannot open weight file: " << std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0) {

@@ -2,6 +2,7 @@
 // Mirrors hustvl/Vim vim/models_mamba.py VisionMamba.forward_features / forward (MODELS.md §2).
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "kernels/ops.h"
 #include "ssm/mamba_mixer.h"
@@ -21,16 +22,36 @@ struct VimConfig {
 
 VimConfig parse_vim(const ModelConfig& mc) {
   ConfigReader r(mc);
+  // VisionMamba's constructor kwargs (upstream spelling), the vim_base factory's misspelling, and wrapper keys; a
+  // key outside them is an error, so a typo never falls back to a default silently
+  static const std::set<std::string> kKnown = {
+      "img_size", "patch_size", "stride", "depth", "embed_dim", "d_state", "channels", "num_classes", "ssm_cfg",
+      "drop_rate", "drop_path_rate", "norm_epsilon", "rms_norm", "initializer_cfg", "fused_add_norm",
+      "residual_in_fp32", "device", "dtype", "ft_seq_len", "pt_hw_seq_len", "if_bidirectional", "final_pool_type",
+      "if_abs_pos_embed", "if_rope", "if_rope_residual", "flip_img_sequences_ratio", "if_bimamba", "bimamba_type",
+      "if_cls_token", "if_divide_out", "if_devide_out", "init_layer_scale", "use_double_cls_token",
+      "use_middle_cls_token", "type", "arch", "init_cfg", "pretrained"};
+  for (const auto& [key, value] : r.raw().items()) {
+    if (kKnown.count(key)) continue;
+    std::string known;
+    for (const auto& k : kKnown) known += (known.empty() ? "" : ", ") + k;
+    MAMBACV_FAIL(r.where() << ": unknown Vim config key \"" << key << "\" (known keys: " << known << ")");
+  }
+  // these change the architecture and are not implemented: only their defaults are accepted
+  MAMBACV_CHECK(!r.has("init_layer_scale"), r.where() << ": \"init_layer_scale\" is not supported (only null)");
+  MAMBACV_CHECK(!r.has("ssm_cfg") || (r.raw()["ssm_cfg"].is_object() && r.raw()["ssm_cfg"].empty()),
+                r.where() << ": \"ssm_cfg\" is not supported (only null or {})");
+  r.require_bool("if_bimamba", false);
   VimConfig c;
-  c.img_size = r.get_int("img_size", 224);
-  c.patch_size = r.get_int("patch_size", 16);
-  c.stride = r.get_int("stride", c.patch_size);
-  c.embed_dim = r.get_int("embed_dim", 192);
-  c.depth = r.get_int("depth", 24);
-  c.d_state = r.get_int("d_state", 16);
-  c.num_classes = r.get_int("num_classes", 1000);
+  c.img_size = r.get_int("img_size", 224, 1, kMaxImage);
+  c.patch_size = r.get_int("patch_size", 16, 1, 64);
+  c.stride = r.get_int("stride", c.patch_size, 1, 64);
+  c.embed_dim = r.get_int("embed_dim", 192, 1, kMaxWidth / 2);  // the mixer is 2 x embed_dim wide
+  c.depth = r.get_int("depth", 24, 1, kMaxDepth);
+  c.d_state = r.get_int("d_state", 16, 1, 256);
+  c.num_classes = r.get_int("num_classes", 1000, 0, kMaxClasses);
   c.channels = r.get_int("channels", 3);
-  c.norm_eps = r.get_double("norm_epsilon", 1e-5);
+  c.norm_eps = r.get_double("norm_epsilon", 1e-5, 1e-12, 1.0);
   // VisionMamba's keyword is "if_divide_out", default true; upstream's vim_base factory passes the misspelling
   // "if_devide_out", which is accepted here as the same key
   c.divide_out = r.get_bool("if_divide_out", r.get_bool("if_devide_out", true));

@@ -70,11 +70,14 @@ VMambaConfig parse_vmamba(const ModelConfig& mc, bool backbone) {
 
   VMambaConfig c;
   c.backbone = backbone;
-  c.depths = r.get_int_list("depths", {2, 2, 9, 2});
-  MAMBACV_CHECK(!c.depths.empty() && std::all_of(c.depths.begin(), c.depths.end(), [](int64_t d) { return d >= 0; }),
-                where << ": \"depths\" must be a non-empty list of block counts >= 0");
+  // Bounds (here and below) leave room around the released models (dims 96-128 doubling over 4 stages, depths up
+  // to 27 blocks, d_state 1-16, ssm_ratio 1-2, mlp_ratio 0-4, patch 4, 224-pixel configs) and keep every derived
+  // size far from int64 overflow; Network construction then checks the total parameter count.
+  c.depths = r.get_int_list("depths", {2, 2, 9, 2}, 0, kMaxDepth);
+  MAMBACV_CHECK(!c.depths.empty() && c.depths.size() <= 8,
+                where << ": \"depths\" must be a list of 1 to 8 stage block counts, got " << c.depths.size());
   const int64_t S = c.stages();
-  c.dims = r.get_int_list("dims", {96, 192, 384, 768});
+  c.dims = r.get_int_list("dims", {96, 192, 384, 768}, 1, kMaxWidth);
   if (r.has("dims") && r.raw()["dims"].is_number_integer()) {
     const int64_t d = c.dims[0];
     c.dims.clear();
@@ -82,26 +85,29 @@ VMambaConfig parse_vmamba(const ModelConfig& mc, bool backbone) {
   }
   MAMBACV_CHECK(static_cast<int64_t>(c.dims.size()) == S,
                 where << ": \"dims\" has " << c.dims.size() << " entries but \"depths\" has " << S);
-  for (int64_t d : c.dims) MAMBACV_CHECK(d > 0, where << ": \"dims\" must be positive");
-  c.patch_size = r.get_int("patch_size", 4);
-  MAMBACV_CHECK(c.patch_size >= 1, where << ": \"patch_size\" must be >= 1, got " << c.patch_size);
+  for (int64_t d : c.dims) r.check_range("dims", static_cast<double>(d), 1, kMaxWidth);
+  c.patch_size = r.get_int("patch_size", 4, 1, 64);
   MAMBACV_CHECK(r.get_int("in_chans", 3) == 3, where << ": \"in_chans\" must be 3 (RGB input)");
-  c.num_classes = backbone ? 0 : r.get_int("num_classes", 1000);
-  MAMBACV_CHECK(c.num_classes >= 0, where << ": \"num_classes\" must be >= 0");
-  c.img_size = r.get_int("img_size", r.get_int("imgsize", 224));
-  MAMBACV_CHECK(c.img_size >= 1, where << ": \"img_size\" must be positive");
+  c.num_classes = backbone ? 0 : r.get_int("num_classes", 1000, 0, kMaxClasses);
+  c.img_size = r.get_int("img_size", r.get_int("imgsize", 224, 1, kMaxImage), 1, kMaxImage);
 
-  c.d_state = r.get_int("ssm_d_state", 16);
+  c.d_state = r.get_int("ssm_d_state", 16, 1, 256);
   c.ssm_ratio = r.get_double("ssm_ratio", 2.0);
-  c.dt_rank = r.get_int_or_auto("ssm_dt_rank", -1, -1);
-  c.d_conv = r.get_int("ssm_conv", 3);
-  c.conv_bias = r.get_bool("ssm_conv_bias", true);
-  c.mlp_ratio = r.get_double("mlp_ratio", 4.0);
-  MAMBACV_CHECK(c.d_state >= 1, where << ": \"ssm_d_state\" must be >= 1, got " << c.d_state);
   MAMBACV_CHECK(c.ssm_ratio > 0, where << ": \"ssm_ratio\" " << c.ssm_ratio
                                        << " is not supported (a VSSBlock without its SS2D branch); use > 0");
-  MAMBACV_CHECK(c.mlp_ratio >= 0, where << ": \"mlp_ratio\" must be >= 0");
-  MAMBACV_CHECK(c.dt_rank == -1 || c.dt_rank >= 1, where << ": \"ssm_dt_rank\" must be \"auto\" or >= 1");
+  r.check_range("ssm_ratio", c.ssm_ratio, 0, 16);
+  c.dt_rank = r.get_int_or_auto("ssm_dt_rank", -1, -1);
+  MAMBACV_CHECK(c.dt_rank == -1 || (c.dt_rank >= 1 && c.dt_rank <= kMaxWidth),
+                where << ": \"ssm_dt_rank\" must be \"auto\" or in [1, " << kMaxWidth << "], got " << c.dt_rank);
+  c.d_conv = r.get_int("ssm_conv", 3, 1, 31);
+  c.conv_bias = r.get_bool("ssm_conv_bias", true);
+  c.mlp_ratio = r.get_double("mlp_ratio", 4.0, 0, 16);
+  for (int64_t d : c.dims) {  // upstream's int(ssm_ratio * dim) and int(dim * mlp_ratio)
+    MAMBACV_CHECK(static_cast<int64_t>(c.ssm_ratio * static_cast<double>(d)) >= 1,
+                  where << ": \"ssm_ratio\" " << c.ssm_ratio << " gives an SS2D width of 0 for dim " << d);
+    MAMBACV_CHECK(c.mlp_ratio == 0 || static_cast<int64_t>(c.mlp_ratio * static_cast<double>(d)) >= 1,
+                  where << ": \"mlp_ratio\" " << c.mlp_ratio << " gives an MLP width of 0 for dim " << d);
+  }
   MAMBACV_CHECK(c.d_conv >= 1 && (c.d_conv == 1 || c.d_conv % 2 == 1),
                 where << ": \"ssm_conv\" must be 1 (no conv) or an odd kernel size, got " << c.d_conv);
   c.forward_type = ssm::parse_ss2d_forward_type(r.get_string("forward_type", "v2"), where);

@@ -21,6 +21,8 @@ ExecContext ExecContext::cpu(int threads) {
 
 Tensor ExecContext::empty(const Shape& shape, DType dtype) const {
   for (int64_t d : shape) MAMBACV_CHECK(d >= 0, "tensor shape " << shape_str(shape) << " has a negative size");
+  MAMBACV_CHECK(shape_numel(shape) <= (int64_t{1} << 60) / static_cast<int64_t>(dtype_size(dtype)),
+                "tensor shape " << shape_str(shape) << " of " << dtype_name(dtype) << " is more than 2^60 bytes");
   const size_t n = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
   std::shared_ptr<void> block = allocator().alloc(n, /*short_lived=*/true);
   void* p = block.get();

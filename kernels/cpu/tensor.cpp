@@ -158,7 +158,8 @@ std::string shape_str(const Shape& s) {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    if (__builtin_mul_overflow(n, d, &n)) MAMBACV_FAIL("tensor shape " << shape_str(s) << " has more than 2^63 elements");
   return n;
 }
 
@@ -167,6 +168,8 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   MAMBACV_CHECK(device == Device::Cpu, "Tensor::empty: device " << device_name(device)
                                                                 << " tensors are created by the CUDA backend");
   for (int64_t d : shape) MAMBACV_CHECK(d >= 0, "Tensor::empty: negative dimension in shape " << shape_str(shape));
+  MAMBACV_CHECK(shape_numel(shape) <= (int64_t{1} << 60) / static_cast<int64_t>(dtype_size(dtype)),
+                "Tensor::empty: shape " << shape_str(shape) << " of " << dtype_name(dtype) << " is more than 2^60 bytes");
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
