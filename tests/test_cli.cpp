@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -176,6 +177,42 @@ TEST(CliClassify, NonUtf8FileNameInJson) {
   EXPECT_EQ(run_command(cli("features" + model_args() + " " + q(odd.string()) + " -o " + q(feats)), &text), 0) << text;
   const mambacv::WeightFile f = mambacv::load_safetensors(feats);
   EXPECT_NE(f.metadata.at("images").find("caf\xef\xbf\xbd"), std::string::npos) << f.metadata.at("images");
+}
+
+// NaN in the weights: every image is reported as failed (exit 1), never printed as "nan%".
+TEST(CliClassify, NonFiniteLogitsAreAnError) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const fs::path dir = temp_dir("cli_classify_nan");
+  mambacv::TensorMap w = mambacv::load_safetensors(fixture("vim_mini.weights.safetensors")).tensors;
+  mambacv::Tensor bias = w.at("head.bias").to(mambacv::DType::F32, /*copy=*/true);
+  bias.f32()[3] = std::numeric_limits<float>::quiet_NaN();
+  w["head.bias"] = bias;
+  const std::string weights = (dir / "nan.safetensors").string();
+  mambacv::save_safetensors(weights, w);
+  int rc = -1;
+  const std::string out =
+      stdout_of(cli("classify --json --model " + q(fixture("vim_mini.json")) + " --weights " + q(weights) + " " +
+                    q(fixture("images/chelsea.png"))),
+                &rc);
+  EXPECT_EQ(rc, 1) << out;
+  const auto lines = json_lines(out);
+  ASSERT_EQ(lines.size(), 1u) << out;
+  ASSERT_TRUE(lines[0].contains("error")) << out;
+  EXPECT_NE(lines[0]["error"].get<std::string>().find("not finite"), std::string::npos) << out;
+  EXPECT_EQ(out.find("nan"), std::string::npos) << out;
+  // features: a NaN early in the network is reported per image, and nothing is written for it
+  mambacv::Tensor pb = w.at("patch_embed.proj.bias").to(mambacv::DType::F32, /*copy=*/true);
+  pb.f32()[0] = std::numeric_limits<float>::quiet_NaN();
+  w["patch_embed.proj.bias"] = pb;
+  mambacv::save_safetensors(weights, w);
+  std::string text;
+  EXPECT_EQ(run_command(cli("features --model " + q(fixture("vim_mini.json")) + " --weights " + q(weights) + " " +
+                            q(fixture("images/chelsea.png")) + " -o " + q((dir / "f.safetensors").string())),
+                        &text),
+            1)
+      << text;
+  EXPECT_NE(text.find("not finite"), std::string::npos) << text;
+  EXPECT_NE(text.find("chelsea.png"), std::string::npos) << text;
 }
 
 TEST(CliClassify, RecursiveFoldersAndListFiles) {

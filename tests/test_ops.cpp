@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu_info.h"
@@ -559,6 +560,30 @@ TEST(Ops, LayerNormInPlace) {
   ops::layer_norm(kCtx, x, g, b, 1e-5f, y);
   ops::layer_norm(kCtx, x, g, b, 1e-5f, x);
   for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x.f32()[i], y.f32()[i]);
+}
+
+// Rows whose f32 sums overflow (finite values near 1e30) normalise like the double reference, in both norms;
+// a row holding Inf or NaN stays non-finite.
+TEST(Ops, NormsOfHugeFiniteRowsStayFinite) {
+  for (int64_t C : {3, 17, 96, 768}) {
+    Tensor x = rnd({4, C}, -2, 2), g = rnd({C}, 0.5f, 1.5f), b = rnd({C});
+    for (int64_t i = 0; i < C; ++i) x.f32()[i] *= 1e30f, x.f32()[C + i] = 1e30f + x.f32()[C + i] * 1e29f;
+    x.f32()[3 * C] = std::numeric_limits<float>::infinity();
+    Tensor y = Tensor::empty({4, C}), yr = Tensor::empty({4, C});
+    ops::layer_norm(kCtx, x, g, b, 1e-5f, y);
+    ops::ref::layer_norm(x.f32(), 4, C, g.f32(), b.f32(), 1e-5f, yr.f32());
+    for (int64_t i = 0; i < 3 * C; ++i) {
+      ASSERT_TRUE(std::isfinite(y.f32()[i])) << "layer_norm C=" << C << " i=" << i;
+      EXPECT_NEAR(y.f32()[i], yr.f32()[i], 1e-4f * (1 + std::fabs(yr.f32()[i]))) << "C=" << C << " i=" << i;
+    }
+    EXPECT_FALSE(std::isfinite(y.f32()[3 * C])) << "an Inf input is not hidden";
+    ops::rms_norm(kCtx, x, g, 1e-5f, y);
+    ops::ref::rms_norm(x.f32(), 4, C, g.f32(), 1e-5f, yr.f32());
+    for (int64_t i = 0; i < 2 * C; ++i) {
+      ASSERT_TRUE(std::isfinite(y.f32()[i])) << "rms_norm C=" << C << " i=" << i;
+      EXPECT_NEAR(y.f32()[i], yr.f32()[i], 1e-4f * (1 + std::fabs(yr.f32()[i]))) << "C=" << C << " i=" << i;
+    }
+  }
 }
 
 TEST(Ops, RmsNormMatchesDefinition) {

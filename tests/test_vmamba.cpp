@@ -2,6 +2,8 @@
 // inputs; strict weight loading; both projection spellings; the shipped configs.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -153,6 +155,25 @@ TEST(VMamba, MlpRowChunksMatchOneChunk) {
       const auto one = m.features(x.slice0(b, b + 1).clone());
       for (const auto& [k, v] : one) expect_close(v, all.at(k).slice0(b, b + 1).clone(), 1e-5, k);
     }
+  }
+}
+
+// Inputs scaled to 1e30 overflow f32 sums in the first norm; the outputs stay finite (as PyTorch's double-
+// accumulating CPU norms keep them), and an Inf input is reported by check_finite, not passed on silently.
+TEST(VMamba, HugeFiniteInputsGiveFiniteOutputs) {
+  MAMBACV_REQUIRE_FIXTURES();
+  for (const char* name : {"vmamba_v0_mini", "vmamba_v2_mini", "vmamba_v2_ratio1_mini", "vmamba_backbone_mini"}) {
+    SCOPED_TRACE(name);
+    Model m = load_fixture(name);
+    Tensor x = fixture_golden(name).at("input").to(DType::F32, /*copy=*/true);
+    for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] *= 1e30f;
+    for (const auto& [k, v] : m.features(x)) EXPECT_TRUE(compare(v, v).finite) << k;
+    x.f32()[0] = std::numeric_limits<float>::infinity();
+    Options opt;
+    opt.check_finite = true;
+    Model checked = Model::load(fixture(std::string(name) + ".json"),
+                                fixture(std::string(name) + ".weights.safetensors"), opt);
+    EXPECT_THROW(checked.features(x), Error);
   }
 }
 

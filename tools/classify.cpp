@@ -108,6 +108,14 @@ int cmd_classify(const std::vector<std::string>& argv) {
     for (size_t i = 0, k = 0; i < items.size(); ++i) {
       Item& it = items[i];
       if (it.error.empty() && !batch_error.empty()) it.error = batch_error;
+      const float* row = nullptr;
+      if (it.error.empty()) {
+        row = logits.f32() + (k++) * model.num_classes();
+        // a NaN / Inf logit has no probability: the image fails, named, instead of printing "nan%"
+        if (!std::all_of(row, row + model.num_classes(), [](float v) { return std::isfinite(v); }))
+          it.error = "the logits are not finite (NaN or Inf: non-finite weights or input, or an overflow); "
+                     "--check-finite names the first op where it appears";
+      }
       if (!it.error.empty()) {
         ++failed;
         if (json) {
@@ -117,8 +125,7 @@ int cmd_classify(const std::vector<std::string>& argv) {
         }
         continue;
       }
-      auto top = top_k(logits.f32() + k * model.num_classes(), model.num_classes(), topk);
-      ++k;
+      auto top = top_k(row, model.num_classes(), topk);
       if (json) {
         nlohmann::ordered_json arr = nlohmann::ordered_json::array();
         for (auto [idx, p] : top) {

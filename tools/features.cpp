@@ -90,6 +90,13 @@ int cmd_features(const std::vector<std::string>& argv) {
       }
     }
     for (size_t k = 0; k < ok_idx.size(); ++k) {
+      bool finite = true;
+      for (const auto& [name, t] : feats) finite = finite && compare(t.slice0(k, k + 1), t.slice0(k, k + 1)).finite;
+      if (!finite) {  // reported like a failed image, not written
+        err[ok_idx[k]] = "the features are not finite (NaN or Inf: non-finite weights or input, or an overflow); "
+                         "--check-finite names the first op where it appears";
+        continue;
+      }
       const size_t index = images.size();
       images.push_back(inputs[start + ok_idx[k]]);
       for (const auto& [name, t] : feats) {

@@ -227,7 +227,10 @@ Tensor roi_align(const ExecContext& ctx, const Tensor& feat, const Tensor& rois,
 // ---- fast CPU path --------------------------------------------------------------------------------------------------
 Tensor roi_align_cpu(const ExecContext& ctx, const Tensor& feat, const Tensor& rois, float spatial_scale, int64_t out_h, int64_t out_w,
                      int sampling_ratio, bool aligned) {
-  const auto [C, H, W] = feature_dims("det::roi_align_cpu", "feat", feat);
+  // plain variables, not a structured binding: the parallel lambda captures them (C++17 does not allow capturing
+  // structured bindings; clang rejects it)
+  const std::array<int64_t, 3> dims = feature_dims("det::roi_align_cpu", "feat", feat);
+  const int64_t C = dims[0], H = dims[1], W = dims[2];
   const int64_t n = rois.dim(0);
   Tensor out = ctx.empty({n, C, out_h, out_w});
   const float* f = feat.f32();

@@ -32,6 +32,12 @@ void layer_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_
         sd += d;
         sq += d * d;
       }
+      // f32 sums overflow for finite values beyond ~1e19: such a row goes to the reference, which accumulates in
+      // double as PyTorch's CPU kernels do, so huge finite inputs give finite outputs (non-finite ones stay so)
+      if (!std::isfinite(sq)) {
+        ref::layer_norm(xr, 1, C, gamma, beta, eps, yr);
+        continue;
+      }
       const float corr = sd * inv_c;
       const float var = std::max(sq * inv_c - corr * corr, 0.0f);
       const float rstd = 1.0f / std::sqrt(var + eps);
@@ -59,6 +65,10 @@ void rms_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t 
       float sq = 0.0f;
 #pragma omp simd reduction(+ : sq)
       for (int64_t c = 0; c < C; ++c) sq += xr[c] * xr[c];
+      if (!std::isfinite(sq)) {  // overflowed: the double-accumulating reference (see layer_norm_f32)
+        ref::rms_norm(xr, 1, C, gamma, eps, yr);
+        continue;
+      }
       const float rstd = 1.0f / std::sqrt(sq * inv_c + eps);
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * rstd * gamma[c];
