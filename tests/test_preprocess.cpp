@@ -1,6 +1,8 @@
 // Image decoding, the PIL-compatible resampler, the classification eval transform and the detection input.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -226,6 +228,36 @@ TEST(Preprocess, CenterCropOffsetsAndPadding) {
       }
 }
 
+// The windowed resize + crop is byte-identical to resizing whole and cropping, for up- and downscaling, skipped
+// passes (one side already at the size), crops larger than the resized image (padding) and extreme aspect ratios.
+TEST(Preprocess, WindowedResizeAndCropEqualsResizeThenCrop) {
+  const std::vector<std::array<int, 4>> cases = {
+      // w, h, resize, crop
+      {640, 480, 256, 224}, {480, 640, 256, 224}, {300, 299, 256, 224}, {256, 400, 256, 224}, {500, 256, 256, 224},
+      {37, 23, 256, 224},   {3, 500, 256, 224},   {500, 3, 256, 224},   {1, 900, 64, 48},     {900, 1, 64, 48},
+      {64, 64, 64, 64},     {20, 30, 16, 24},     {31, 17, 40, 64},     {256, 256, 256, 224}, {1000, 999, 232, 224},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(testing::Message() << c[0] << "x" << c[1] << " resize " << c[2] << " crop " << c[3]);
+    const Image img = random_image(c[0], c[1], static_cast<uint64_t>(c[0] * 7919 + c[1]));
+    const Image want = center_crop(resize_shorter_side(img, c[2]), c[3], c[3]);
+    const Image got = resize_and_center_crop(img, c[2], c[3]);
+    ASSERT_EQ(got.width, want.width);
+    ASSERT_EQ(got.height, want.height);
+    EXPECT_TRUE(got.rgb == want.rgb);
+  }
+}
+
+// A 1 x 65500 image (the shape of a 17 KB hostile JPEG) costs only its crop: the whole resize would be 256 x 16.8M
+// pixels (12.6 GB).
+TEST(Preprocess, ExtremeAspectRatioIsCroppedBeforeResizing) {
+  const Image img = random_image(1, 65500, 3);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tensor x = preprocess(img, InputSpec());
+  EXPECT_EQ(x.shape(), (Shape{1, 3, 224, 224}));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+}
+
 TEST(Preprocess, NormalisationIsTorchFloat32) {
   Image im;
   im.width = 1;
@@ -347,7 +379,9 @@ TEST(ImageIo, SixteenBitAndAlphaPng) {
       const uint8_t* p = want.pixel(x, y);
       m16.at<cv::Vec3w>(y, x) = cv::Vec3w(p[2] * 257, p[1] * 257, p[0] * 257);
       m4.at<cv::Vec4b>(y, x) = cv::Vec4b(p[2], p[1], p[0], static_cast<uint8_t>((x * 37 + y * 11) & 0xff));
-      g16.at<uint16_t>(y, x) = static_cast<uint16_t>(p[0] * 256 + (x & 0xff));  // low byte must be discarded
+      // PIL opens 16-bit gray as mode "I" and convert("RGB") clips at 255 (checked with Pillow 9.4): values
+      // below 256 stay, larger ones become 255
+      g16.at<uint16_t>(y, x) = static_cast<uint16_t>((x + y) % 3 == 0 ? p[0] : 256 + p[0] * 200 + (x & 0xff));
     }
   ASSERT_TRUE(cv::imwrite(dir + "/rgb16.png", m16));
   ASSERT_TRUE(cv::imwrite(dir + "/rgba.png", m4));
@@ -365,7 +399,26 @@ TEST(ImageIo, SixteenBitAndAlphaPng) {
   ASSERT_EQ(g.width, w);
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)
-      for (int k = 0; k < 3; ++k) ASSERT_EQ(g.pixel(x, y)[k], want.pixel(x, y)[0]) << x << "," << y;
+      for (int k = 0; k < 3; ++k)
+        ASSERT_EQ(g.pixel(x, y)[k], (x + y) % 3 == 0 ? want.pixel(x, y)[0] : 255) << x << "," << y;
+}
+
+// A JPEG cut short is an error naming the file (PIL: "image file is truncated"), a complete one with trailing
+// bytes after its end marker is not.
+TEST(ImageIo, TruncatedJpegIsAnError) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = test::temp_dir("image_io_jpeg");
+  std::ifstream in(test::fixture("images/coffee_small.jpg"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string half = dir + "/half.jpg", tail = dir + "/trailing.jpg";
+  std::ofstream(half, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  std::ofstream(tail, std::ios::binary) << bytes << std::string(100, '\0');
+  const std::string msg = error_of([&] { load_image(half); });
+  EXPECT_NE(msg.find(half), std::string::npos) << msg;
+  EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+  EXPECT_NE(error_of([&] { decode_image(bytes.data(), bytes.size() / 2, "upload.jpg"); }).find("upload.jpg"),
+            std::string::npos);
+  EXPECT_EQ(load_image(tail).rgb, load_image(test::fixture("images/coffee_small.jpg")).rgb);
 }
 
 TEST(ImageIo, LosslessFormatsRoundTrip) {

@@ -2,14 +2,16 @@
 // pipeline. The only file of the library's vision layer that includes OpenCV.
 //
 // Decoding follows PIL's Image.open(path).convert("RGB"), which is what the upstream eval loaders do:
-// cv::imread with IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION gives 8-bit BGR with EXIF orientation ignored,
-// 16-bit samples reduced to their high byte, gray replicated and alpha dropped without blending.
+// cv::imdecode with IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION gives 8-bit BGR with EXIF orientation ignored,
+// 16-bit colour samples reduced to their high byte, gray replicated and alpha dropped without blending; 16-bit
+// grayscale PNG is clipped to 255 as PIL's mode "I" conversion does; a truncated JPEG is an error, as in PIL.
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -24,17 +26,15 @@ namespace {
 constexpr int kDecodeFlags = cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION;
 constexpr const char* kFormats = "PNG, JPEG, BMP, TIFF, WebP, PPM/PGM, ...";
 
-// Decoded OpenCV matrix (normally CV_8UC3 BGR) -> packed RGB Image.
+// Decoded OpenCV matrix (normally CV_8UC3 BGR) -> packed RGB Image; `name` ("image file 'x'") starts errors.
 Image mat_to_image(cv::Mat m, const std::string& name) {
   // keep the high byte (floor(v / 256)) like PIL; imread already does this for IMREAD_COLOR
   if (m.depth() == CV_16U) m.convertTo(m, CV_8U, 1.0 / 256.0, -127.5 / 256.0);
-  MAMBACV_CHECK(m.depth() == CV_8U, "image '" << name
-                                              << "': decoded to an unsupported sample type (OpenCV type "
-                                              << m.type() << "), expected 8 or 16 bit");
+  MAMBACV_CHECK(m.depth() == CV_8U, name << ": decoded to an unsupported sample type (OpenCV type " << m.type()
+                                          << "), expected 8 or 16 bit");
   if (m.channels() == 1) cv::cvtColor(m, m, cv::COLOR_GRAY2BGR);
   if (m.channels() == 4) cv::cvtColor(m, m, cv::COLOR_BGRA2BGR);
-  MAMBACV_CHECK(m.channels() == 3,
-                "image '" << name << "': decoded to " << m.channels() << " channels, expected 3");
+  MAMBACV_CHECK(m.channels() == 3, name << ": decoded to " << m.channels() << " channels, expected 3");
   Image img;
   img.width = m.cols;
   img.height = m.rows;
@@ -55,6 +55,50 @@ std::string first_line(const char* s) {
   std::string t(s ? s : "");
   size_t nl = t.find('\n');
   return nl == std::string::npos ? t : t.substr(0, nl);
+}
+
+// A JPEG whose entropy-coded data was cut short: no end-of-image marker (FF D9) after its last start-of-scan
+// (FF DA). libjpeg pads such data with grey and only warns; PIL raises "image file is truncated", and so does this.
+// (Inside entropy-coded data an FF byte is always followed by 00 or a restart marker, so neither pair occurs there;
+// an EXIF thumbnail's markers come before the main image's scans.)
+bool jpeg_truncated(const uint8_t* p, size_t n) {
+  if (n < 4 || p[0] != 0xFF || p[1] != 0xD8 || p[2] != 0xFF) return false;  // not a JPEG
+  size_t last_sos = 0;
+  bool eoi_after = false;
+  for (size_t i = 2; i + 1 < n; ++i) {
+    if (p[i] != 0xFF) continue;
+    if (p[i + 1] == 0xDA) last_sos = i, eoi_after = false;
+    else if (p[i + 1] == 0xD9 && last_sos) eoi_after = true;
+  }
+  return last_sos == 0 || !eoi_after;
+}
+
+// PNG header: 16-bit grayscale (IHDR bit depth 16, colour type 0). PIL opens it as mode "I" and convert("RGB")
+// clips each sample to 255; OpenCV's 8-bit decode keeps the high byte instead.
+bool png_gray16(const uint8_t* p, size_t n) {
+  static const uint8_t kSig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  return n >= 26 && std::memcmp(p, kSig, 8) == 0 && std::memcmp(p + 12, "IHDR", 4) == 0 && p[24] == 16 && p[25] == 0;
+}
+
+// Encoded bytes -> Image, with the checks above; `what` names the file or buffer in errors.
+Image decode_bytes(const uint8_t* data, size_t size, const std::string& what) {
+  MAMBACV_CHECK(!jpeg_truncated(data, size),
+                what << " is truncated (a JPEG without its end-of-image marker after the last scan)");
+  cv::Mat m;
+  try {
+    cv::Mat buf(1, static_cast<int>(size), CV_8U, const_cast<uint8_t*>(data));
+    if (png_gray16(data, size)) {
+      m = cv::imdecode(buf, cv::IMREAD_GRAYSCALE | cv::IMREAD_ANYDEPTH);
+      if (!m.empty() && m.depth() == CV_16U) m.convertTo(m, CV_8U);  // saturates at 255, as PIL clips
+    } else {
+      m = cv::imdecode(buf, kDecodeFlags);
+    }
+  } catch (const cv::Exception& e) {
+    MAMBACV_FAIL(what << " could not be decoded: " << first_line(e.err.c_str()));
+  }
+  MAMBACV_CHECK(!m.empty(), what << " could not be decoded (corrupt or truncated, not a recognised image format ("
+                                 << kFormats << "), or an unsupported variant of its format)");
+  return mat_to_image(m, what);
 }
 
 }  // namespace
@@ -78,34 +122,26 @@ Image load_image(const std::string& path) {
     std::fclose(f);
   }
   MAMBACV_CHECK(st.st_size > 0, "image file '" << path << "' is empty (0 bytes)");
-  cv::Mat m;
-  try {
-    MAMBACV_CHECK(
-        cv::haveImageReader(path),
-        "image file '" << path << "' is not a recognised image format (supported: " << kFormats << ")");
-    m = cv::imread(path, kDecodeFlags);
-  } catch (const cv::Exception& e) {
-    MAMBACV_FAIL("image file '" << path << "' could not be decoded: " << first_line(e.err.c_str()));
+  MAMBACV_CHECK(cv::haveImageReader(path),
+                "image file '" << path << "' is not a recognised image format (supported: " << kFormats << ")");
+  MAMBACV_CHECK(st.st_size < (int64_t{1} << 31), "image file '" << path << "' is " << st.st_size
+                                                                << " bytes, more than the 2 GiB an image may have");
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    MAMBACV_CHECK(f != nullptr, "image file '" << path << "' cannot be read: " << std::strerror(errno));
+    const size_t got = std::fread(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+    MAMBACV_CHECK(got == bytes.size(), "image file '" << path << "' could not be read in full (" << got << " of "
+                                                      << bytes.size() << " bytes)");
   }
-  MAMBACV_CHECK(!m.empty(), "image file '" << path
-                                           << "' could not be decoded (corrupt or truncated, or an "
-                                              "unsupported variant of its format)");
-  return mat_to_image(m, path);
+  return decode_bytes(bytes.data(), bytes.size(), "image file '" + path + "'");
 }
 
 Image decode_image(const void* data, size_t size, const std::string& name) {
   MAMBACV_CHECK(data != nullptr && size > 0, "image '" << name << "': no encoded bytes given");
-  cv::Mat m;
-  try {
-    cv::Mat buf(1, static_cast<int>(size), CV_8U, const_cast<void*>(data));
-    m = cv::imdecode(buf, kDecodeFlags);
-  } catch (const cv::Exception& e) {
-    MAMBACV_FAIL("image '" << name << "' could not be decoded: " << first_line(e.err.c_str()));
-  }
-  MAMBACV_CHECK(!m.empty(), "image '" << name
-                                      << "' could not be decoded: not a recognised image format (supported: "
-                                      << kFormats << ") or corrupt data");
-  return mat_to_image(m, name);
+  MAMBACV_CHECK(size < (size_t{1} << 31), "image '" << name << "': " << size << " bytes, more than 2 GiB");
+  return decode_bytes(static_cast<const uint8_t*>(data), size, "image '" + name + "'");
 }
 
 void save_image(const std::string& path, const Image& image) {

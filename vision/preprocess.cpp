@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "mambacv/image.h"
 #include "vision/resample.h"
@@ -110,16 +111,42 @@ int InputSpec::resize_size() const {
   return static_cast<int>(std::floor(size / crop_pct));
 }
 
+namespace {
+// torchvision _compute_resized_output_size: the shorter side becomes `size`, the longer int(size * long / short)
+// in Python float arithmetic. {width, height}.
+std::pair<int, int> shorter_side_size(int w, int h, int size) {
+  const int shorter = std::min(w, h), longer = std::max(w, h);
+  const double new_long = static_cast<double>(static_cast<int64_t>(size) * longer) / shorter;
+  MAMBACV_CHECK(new_long < 2147483647.0, "resize: a " << w << "x" << h << " image resized to " << size
+                                                        << " on its shorter side is wider than 2^31 pixels");
+  return w <= h ? std::make_pair(size, static_cast<int>(new_long)) : std::make_pair(static_cast<int>(new_long), size);
+}
+}  // namespace
+
 Image resize_shorter_side(const Image& image, int size) {
   check_image(image, "resize_shorter_side");
   MAMBACV_CHECK(size > 0, "resize_shorter_side: size must be positive, got " << size);
-  const int w = image.width, h = image.height;
-  const int shorter = std::min(w, h), longer = std::max(w, h);
-  // torchvision _compute_resized_output_size: int(size * long / short) in Python float arithmetic.
-  const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * longer) / shorter);
-  const int new_w = w <= h ? size : new_long;
-  const int new_h = w <= h ? new_long : size;
+  const auto [new_w, new_h] = shorter_side_size(image.width, image.height, size);
   return detail::resize_pil(image, new_w, new_h, detail::ResampleFilter::Bicubic);
+}
+
+Image resize_and_center_crop(const Image& image, int size, int crop) {
+  check_image(image, "resize_and_center_crop");
+  MAMBACV_CHECK(size > 0 && crop > 0,
+                "resize_and_center_crop: sizes must be positive, got resize " << size << ", crop " << crop);
+  const auto [new_w, new_h] = shorter_side_size(image.width, image.height, size);
+  const int left = crop_offset(new_w, crop), top = crop_offset(new_h, crop);
+  // the part of the crop that lies inside the resized image; the rest is zero padding
+  const int x0 = std::max(0, left), x1 = std::min(new_w, left + crop);
+  const int y0 = std::max(0, top), y1 = std::min(new_h, top + crop);
+  Image out;
+  out.width = crop;
+  out.height = crop;
+  out.rgb.assign(static_cast<size_t>(crop) * crop * 3, 0);
+  detail::resample_pil_window(image.rgb.data(), image.width, image.height, static_cast<size_t>(image.width) * 3, 3,
+                              out.pixel(x0 - left, y0 - top), new_w, new_h, x0, y0, x1 - x0, y1 - y0,
+                              static_cast<size_t>(crop) * 3, detail::ResampleFilter::Bicubic);
+  return out;
 }
 
 Image center_crop(const Image& image, int width, int height) {
@@ -159,9 +186,9 @@ Tensor image_to_tensor(const Image& image, const std::array<float, 3>& mean,
 Tensor preprocess(const Image& image, const InputSpec& spec) {
   check_spec(spec);
   check_image(image, "preprocess");
-  Image resized = resize_shorter_side(image, spec.resize_size());
-  Image cropped = center_crop(resized, spec.size, spec.size);
-  return image_to_tensor(cropped, spec.mean, spec.std);  // (1, 3, size, size)
+  // only the crop window is resampled: a 1 x 65500 image costs a 224 x 224 crop, not a 256 x 16.8M resize
+  return image_to_tensor(resize_and_center_crop(image, spec.resize_size(), spec.size), spec.mean,
+                         spec.std);  // (1, 3, size, size)
 }
 
 Tensor preprocess(const uint8_t* pixels, int width, int height, size_t stride_bytes, PixelFormat fmt,

@@ -95,9 +95,13 @@ double resample_filter_weight(ResampleFilter f, double x) {
   return f == ResampleFilter::Bicubic ? cubic_keys(x) : triangle(x);
 }
 
-ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f) {
+ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f, int begin, int count) {
   MAMBACV_CHECK(in_size > 0 && out_size > 0,
                 "resample: sizes must be positive, got input " << in_size << " -> output " << out_size);
+  if (count < 0) count = out_size - begin;
+  MAMBACV_CHECK(begin >= 0 && count >= 1 && begin + static_cast<int64_t>(count) <= out_size,
+                "resample: window [" << begin << ", " << begin + static_cast<int64_t>(count) << ") outside the output "
+                                     << out_size);
   // Pillow takes the input extent as a float box; exact for any realistic image size.
   const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
   const double filterscale = std::max(scale, 1.0);
@@ -106,12 +110,12 @@ ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f) {
 
   ResampleCoeffs co;
   co.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-  co.first.resize(out_size);
-  co.count.resize(out_size);
-  co.k.assign(static_cast<size_t>(out_size) * co.ksize, 0);
+  co.first.resize(count);
+  co.count.resize(count);
+  co.k.assign(static_cast<size_t>(count) * co.ksize, 0);
   std::vector<double> w(co.ksize);
-  for (int i = 0; i < out_size; ++i) {
-    const double center = (i + 0.5) * scale;
+  for (int i = 0; i < count; ++i) {
+    const double center = (begin + i + 0.5) * scale;
     // C-style truncation of the rounded bounds, then clipping to the image.
     int lo = static_cast<int>(center - support + 0.5);
     int hi = static_cast<int>(center + support + 0.5);
@@ -135,40 +139,52 @@ ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f) {
   return co;
 }
 
-void resample_pil(const uint8_t* src, int in_w, int in_h, size_t src_stride, int channels, uint8_t* dst,
-                  int out_w, int out_h, size_t dst_stride, ResampleFilter f) {
+void resample_pil_window(const uint8_t* src, int in_w, int in_h, size_t src_stride, int channels, uint8_t* dst,
+                         int out_w, int out_h, int x0, int y0, int win_w, int win_h, size_t dst_stride,
+                         ResampleFilter f) {
   MAMBACV_CHECK(src && dst, "resample_pil: null pixel pointer");
   MAMBACV_CHECK(channels >= 1 && channels <= 4, "resample_pil: channels must be 1..4, got " << channels);
   MAMBACV_CHECK(in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0, "resample_pil: sizes must be positive, got "
                                                                     << in_w << "x" << in_h << " -> " << out_w
                                                                     << "x" << out_h);
-  const size_t in_row = static_cast<size_t>(in_w) * channels, out_row = static_cast<size_t>(out_w) * channels;
-  MAMBACV_CHECK(src_stride >= in_row && dst_stride >= out_row,
+  MAMBACV_CHECK(x0 >= 0 && y0 >= 0 && win_w >= 1 && win_h >= 1 && x0 + static_cast<int64_t>(win_w) <= out_w &&
+                    y0 + static_cast<int64_t>(win_h) <= out_h,
+                "resample_pil: window " << win_w << "x" << win_h << " at (" << x0 << ", " << y0 << ") outside the "
+                                        << out_w << "x" << out_h << " output");
+  const size_t in_row = static_cast<size_t>(in_w) * channels, win_row = static_cast<size_t>(win_w) * channels;
+  MAMBACV_CHECK(src_stride >= in_row && dst_stride >= win_row,
                 "resample_pil: strides " << src_stride << " / " << dst_stride << " are shorter than a row ("
-                                         << in_row << " / " << out_row << " bytes)");
+                                         << in_row << " / " << win_row << " bytes)");
   const bool need_h = out_w != in_w, need_v = out_h != in_h;
+  // a skipped pass copies: output index i is input index i along that axis
+  const uint8_t* src_cols = need_h ? src : src + static_cast<size_t>(x0) * channels;
   if (!need_h && !need_v) {
-    for (int y = 0; y < in_h; ++y) std::copy_n(src + y * src_stride, in_row, dst + y * dst_stride);
+    for (int y = 0; y < win_h; ++y) std::copy_n(src_cols + (y0 + y) * src_stride, win_row, dst + y * dst_stride);
     return;
   }
   if (need_h && !need_v) {
-    horizontal(channels, src, src_stride, in_h, dst, dst_stride, out_w, resample_coeffs(in_w, out_w, f));
+    horizontal(channels, src + static_cast<size_t>(y0) * src_stride, src_stride, win_h, dst, dst_stride, win_w,
+               resample_coeffs(in_w, out_w, f, x0, win_w));
     return;
   }
+  ResampleCoeffs cv = resample_coeffs(in_h, out_h, f, y0, win_h);
   if (!need_h) {
-    pass_vertical(src, src_stride, static_cast<int>(in_row), dst, dst_stride, out_h,
-                  resample_coeffs(in_h, out_h, f));
+    pass_vertical(src_cols, src_stride, static_cast<int>(win_row), dst, dst_stride, win_h, cv);
     return;
   }
   // Both: horizontal into an 8-bit intermediate (only the rows the vertical pass reads), then vertical.
-  ResampleCoeffs cv = resample_coeffs(in_h, out_h, f);
-  const int y0 = cv.first.front();
-  const int y1 = cv.first.back() + cv.count.back();
-  for (int& v : cv.first) v -= y0;
-  std::vector<uint8_t> mid(out_row * static_cast<size_t>(y1 - y0));
-  horizontal(channels, src + static_cast<size_t>(y0) * src_stride, src_stride, y1 - y0, mid.data(), out_row,
-             out_w, resample_coeffs(in_w, out_w, f));
-  pass_vertical(mid.data(), out_row, static_cast<int>(out_row), dst, dst_stride, out_h, cv);
+  const int r0 = cv.first.front();
+  const int r1 = cv.first.back() + cv.count.back();
+  for (int& v : cv.first) v -= r0;
+  std::vector<uint8_t> mid(win_row * static_cast<size_t>(r1 - r0));
+  horizontal(channels, src + static_cast<size_t>(r0) * src_stride, src_stride, r1 - r0, mid.data(), win_row, win_w,
+             resample_coeffs(in_w, out_w, f, x0, win_w));
+  pass_vertical(mid.data(), win_row, static_cast<int>(win_row), dst, dst_stride, win_h, cv);
+}
+
+void resample_pil(const uint8_t* src, int in_w, int in_h, size_t src_stride, int channels, uint8_t* dst,
+                  int out_w, int out_h, size_t dst_stride, ResampleFilter f) {
+  resample_pil_window(src, in_w, in_h, src_stride, channels, dst, out_w, out_h, 0, 0, out_w, out_h, dst_stride, f);
 }
 
 Image resize_pil(const Image& image, int out_w, int out_h, ResampleFilter f) {

@@ -34,11 +34,18 @@ struct ResampleCoeffs {
   std::vector<int32_t> k;
 };
 constexpr int kResamplePrecisionBits = 22;
-ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f);
+// Output indices begin .. begin + n - 1 of an in_size -> out_size resize (n < 0: to the end); index 0 of the
+// result is output index `begin`.
+ResampleCoeffs resample_coeffs(int in_size, int out_size, ResampleFilter f, int begin = 0, int n = -1);
 
 // Resizes interleaved 8-bit pixels (`channels` per pixel, rows `src_stride` / `dst_stride` bytes apart).
 void resample_pil(const uint8_t* src, int in_w, int in_h, size_t src_stride, int channels, uint8_t* dst,
                   int out_w, int out_h, size_t dst_stride, ResampleFilter f = ResampleFilter::Bicubic);
+// Only the window [x0, x0 + win_w) x [y0, y0 + win_h) of that out_w x out_h resize, into dst (win_h rows of
+// win_w pixels): the same bytes as resizing whole and cropping, with work and memory for the window only.
+void resample_pil_window(const uint8_t* src, int in_w, int in_h, size_t src_stride, int channels, uint8_t* dst,
+                         int out_w, int out_h, int x0, int y0, int win_w, int win_h, size_t dst_stride,
+                         ResampleFilter f = ResampleFilter::Bicubic);
 Image resize_pil(const Image& image, int out_w, int out_h, ResampleFilter f = ResampleFilter::Bicubic);
 
 // Bilinear resize exactly as cv2.resize(INTER_LINEAR) (what mmcv.imresize uses); implemented with OpenCV in

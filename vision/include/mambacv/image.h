@@ -77,6 +77,9 @@ Tensor stack_batch(const std::vector<Tensor>& items);
 Image resize_shorter_side(const Image& image, int size);
 // torchvision CenterCrop: offsets round((H - h) / 2) (half to even); zero padding where the crop is larger.
 Image center_crop(const Image& image, int width, int height);
+// center_crop(resize_shorter_side(image, size), crop, crop), byte for byte, resampling only the crop window (what
+// preprocess does: work and memory follow the crop, not the resized image).
+Image resize_and_center_crop(const Image& image, int size, int crop);
 // ToTensor + Normalize: (v / 255 - mean) / std in float32 -> (1, 3, H, W).
 Tensor image_to_tensor(const Image& image, const std::array<float, 3>& mean, const std::array<float, 3>& std);
 
