@@ -8,6 +8,8 @@
 // loops), "avx2" the AVX2 kernels.
 #pragma once
 
+#include <functional>
+
 #include <string>
 
 namespace mambacv::cpu {
@@ -36,6 +38,10 @@ namespace mambacv::cpu {
 // in registers (24 zmm accumulators with AVX-512, 12 ymm with AVX2, scalar otherwise - the widest cpu_isa()
 // allows) for about `seconds`; the best of a few repeats.
 double measure_fma_peak_gflops(int threads, double seconds = 0.2);
+// The rate (G units/s) of call(thread) run on `threads` threads together for about `seconds`, each call doing
+// units_per_call units per thread; best of three repeats. The loop behind the measurements below.
+double measure_parallel_rate(int threads, double seconds, double units_per_call,
+                             const std::function<float(int thread)>& call);
 // The selective scan's exp throughput in G exp evaluations per second on `threads` threads: its own vectorised
 // exp2 (and the multiply before it) on the ISA the scan dispatches to, independent chains in registers.
 double measure_scan_exp_rate(int threads, double seconds = 0.2);

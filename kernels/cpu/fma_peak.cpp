@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 
 #include "kernels/cpu_info.h"
@@ -61,14 +62,8 @@ float fma_loop_scalar(float seed) {
 }
 }  // namespace
 
-double measure_fma_peak_gflops(int threads, double seconds) {
-  const Isa isa = cpu_isa();
-  const double flops_per_call = isa == Isa::Avx512 ? 24.0 * 16 * 2 * kIters
-                                : isa == Isa::Avx2 ? 12.0 * 8 * 2 * kIters
-                                                   : 8.0 * 2 * kIters;
-  auto call = [isa](float seed) {
-    return isa == Isa::Avx512 ? fma_loop_avx512(seed) : isa == Isa::Avx2 ? fma_loop_avx2(seed) : fma_loop_scalar(seed);
-  };
+double measure_parallel_rate(int threads, double seconds, double units_per_call,
+                             const std::function<float(int thread)>& call) {
   threads = std::max(1, threads);
   double best = 0;
   volatile float sink = 0;
@@ -82,7 +77,7 @@ double measure_fma_peak_gflops(int threads, double seconds) {
       float part = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : part)
       {
-        part += call(static_cast<float>(omp_get_thread_num()));
+        part += call(omp_get_thread_num());
 #pragma omp master
         team = omp_get_num_threads();
       }
@@ -90,10 +85,21 @@ double measure_fma_peak_gflops(int threads, double seconds) {
       ++calls;
       el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    best = std::max(best, flops_per_call * static_cast<double>(calls) * team / el / 1e9);
+    best = std::max(best, units_per_call * static_cast<double>(calls) * team / el / 1e9);
   }
   (void)sink;
   return best;
+}
+
+double measure_fma_peak_gflops(int threads, double seconds) {
+  const Isa isa = cpu_isa();
+  const double flops_per_call = isa == Isa::Avx512 ? 24.0 * 16 * 2 * kIters
+                                : isa == Isa::Avx2 ? 12.0 * 8 * 2 * kIters
+                                                   : 8.0 * 2 * kIters;
+  return measure_parallel_rate(threads, seconds, flops_per_call, [isa](int thread) {
+    const float seed = static_cast<float>(thread);
+    return isa == Isa::Avx512 ? fma_loop_avx512(seed) : isa == Isa::Avx2 ? fma_loop_avx2(seed) : fma_loop_scalar(seed);
+  });
 }
 
 double measure_copy_bandwidth_gbs(int threads) {

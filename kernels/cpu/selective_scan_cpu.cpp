@@ -14,10 +14,7 @@
 // directions) 1.7 ms on 1 thread, 0.87 ms on 2; Vim-T layer (dim 384, L 197, N 16, 2 directions, z) 0.67 / 0.34 ms.
 // N = 16 is bound by the FP pipes (~11 vector ops per state and step, 8 of them the exp); software prefetching of
 // the order's tokens measured slower (hardware prefetch copes), a 4-way split of the y sum made no difference.
-#include <omp.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -163,31 +160,10 @@ double cpu::measure_scan_exp_rate(int threads, double seconds) {
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
   constexpr int64_t kIters = 1 << 12;
   const double exps_per_call = static_cast<double>(scan_avx512::kExpChains) * kW * kIters;
-  threads = std::max(1, threads);
-  double best = 0;
-  volatile float sink = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    int64_t calls = 0;
-    int team = 1;
-    const auto t0 = std::chrono::steady_clock::now();
-    double el = 0;
-    while (el < seconds / 3) {
-      float part = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : part)
-      {
-        const float seed = 0.5f + 0.001f * static_cast<float>(omp_get_thread_num());
-        part += avx512 ? scan_avx512::exp2_chains(seed, kIters) : scan_portable::exp2_chains(seed, kIters);
-#pragma omp master
-        team = omp_get_num_threads();
-      }
-      sink = sink + part;
-      ++calls;
-      el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
-    best = std::max(best, exps_per_call * static_cast<double>(calls) * team / el / 1e9);
-  }
-  (void)sink;
-  return best;
+  return cpu::measure_parallel_rate(threads, seconds, exps_per_call, [avx512](int thread) {
+    const float seed = 0.5f + 0.001f * static_cast<float>(thread);
+    return avx512 ? scan_avx512::exp2_chains(seed, kIters) : scan_portable::exp2_chains(seed, kIters);
+  });
 }
 
 void selective_scan(const ExecContext& ctx, const ScanParams& p) {
