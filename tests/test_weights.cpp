@@ -1,6 +1,8 @@
 // Weight files: safetensors read/write and validation, PyTorch .pth checkpoints (zip + pickle), strict matching.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -552,6 +554,40 @@ TEST(Pth, HostileOrBrokenPicklesGiveCleanErrors) {
   PthOptions no_crc;
   no_crc.verify_checksums = false;
   EXPECT_EQ(load_pth(path, no_crc).tensors.size(), 1u);
+}
+
+// A memoised list of 1000 pairs rebuilt into an OrderedDict 3000 times (7 bytes of pickle per rebuild, 3 million
+// entries copied): refused by the copy budget (4 entries per input byte) at once, not hours of work. A pickle
+// record larger than 64 MiB uncompressed is refused before it is inflated.
+TEST(Pth, PickleBombsAreRefused) {
+  std::string dir = test::temp_dir("weights_pth_bomb");
+  Bytes p = "\x80\x02" "ccollections\nOrderedDict\n";
+  p += Bytes("q\x00", 2);  // memo 0: the OrderedDict global
+  p += "]q\x01(";           // memo 1: a list, then its items
+
+  for (int i = 0; i < 1000; ++i) p += Bytes("\x8c\x01" "aK\x01\x86", 6);
+  p += Bytes("e0", 2);
+  for (int i = 0; i < 3000; ++i) p += Bytes("h\x00h\x01\x85R0", 7);
+  p += Bytes("}.", 2);
+  const std::string path = dir + "/bomb.pth";
+  write_file(path, checkpoint(p, {}));
+  const auto t0 = std::chrono::steady_clock::now();
+  expect_error([&] { load_pth(path); }, path, "pickle bomb");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+  // the same rebuild a few times is an ordinary pickle: no bomb error (it fails later, holding no weights)
+  Bytes q = p.substr(0, p.size() - 3000 * 7 - 2);
+  for (int i = 0; i < 3; ++i) q += Bytes("h\x00h\x01\x85R0", 7);
+  q += Bytes("}.", 2);
+  write_file(path, checkpoint(q, {}));
+  try {
+    load_pth(path);
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("pickle bomb"), std::string::npos) << e.what();
+  }
+  // 65 MiB of NONE opcodes deflate to a small record
+  Bytes big = "\x80\x02" + Bytes(size_t{65} << 20, 'N') + ".";
+  write_file(path, checkpoint(big, {}, /*deflate_pickle=*/true));
+  expect_error([&] { load_pth(path); }, path, "uncompressed");
 }
 
 TEST(Pth, TruncatedCheckpointsGiveCleanErrors) {

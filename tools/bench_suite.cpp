@@ -2,6 +2,8 @@
 // stdout and, with --save PREFIX, PREFIX.md and PREFIX.json. Every row is timed with random weights on random
 // inputs and set beside the fp32 FMA peak measured just before it (same thread count), so the achieved fraction
 // holds on any machine; rows with a target say whether it was met.
+#include <malloc.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -133,6 +135,9 @@ int bench_suite(const Args& args) {
     if (!loaded.m || loaded.model != c.model || loaded.dtype != c.dtype || loaded.threads != t) {
       loaded.m.reset();
       host_cache_release();  // the previous model's freed blocks are not counted as this one's memory
+#ifdef __GLIBC__
+      malloc_trim(0);  // nor what the C heap kept of them
+#endif
       Options opt;
       opt.dtype = c.dtype;
       opt.threads = t;

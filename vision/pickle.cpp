@@ -20,6 +20,11 @@ constexpr size_t kMaxMarks = size_t{1} << 12;
 constexpr size_t kMaxMemo = size_t{1} << 22;
 constexpr size_t kMaxGlobalName = 1024;
 constexpr size_t kMaxRank = 64;
+// Entries copied out of existing containers (OrderedDict(list) copies the list): an input of n bytes may copy at
+// most kCopiesPerByte * n + kMinCopies of them, so a memoised list rebuilt over and over (6 bytes of input per
+// rebuild) cannot turn a few MB into hours of work or gigabytes.
+constexpr size_t kCopiesPerByte = 4;
+constexpr size_t kMinCopies = size_t{1} << 20;
 
 struct KnownGlobal {
   const char* name;
@@ -93,6 +98,8 @@ struct Unpickler::Impl {
   std::unordered_map<uint64_t, Ref> memo;
   Ref none = nullptr, yes = nullptr, no = nullptr;
   size_t op_pos = 0;  // offset of the opcode being run, for messages
+  size_t copies = 0;  // entries copied out of existing containers so far
+  size_t copy_budget() const { return kCopiesPerByte * size + kMinCopies; }
 
   [[noreturn]] void fail(const std::string& what) const {
     MAMBACV_FAIL(where << ": " << what << " (opcode at byte " << op_pos << "; corrupt or unsupported pickle)");
@@ -267,6 +274,10 @@ struct Unpickler::Impl {
         Ref d = make(Kind::Dict);
         if (a.empty()) return d;
         if (a.size() == 1 && (a[0]->kind == Kind::List || a[0]->kind == Kind::Tuple)) {
+          copies += a[0]->items.size();
+          if (copies > copy_budget())
+            fail("OrderedDict(...) copies more than " + std::to_string(copy_budget()) +
+                 " entries in all (a pickle bomb: the budget is 4 per input byte)");
           for (Ref p : a[0]->items) {
             if ((p->kind != Kind::Tuple && p->kind != Kind::List) || p->items.size() != 2)
               return opaque("collections.OrderedDict(...)");

@@ -108,6 +108,13 @@ WeightFile load_pth(const std::string& path, const PthOptions& options) {
                                           << "' is not supported (only little-endian)");
   }
 
+  // The pickle program is small (about 100 bytes per tensor; 10^5 tensors need ~10 MB): a larger one is refused
+  // before it is inflated, so a deflate bomb costs no memory.
+  constexpr uint64_t kMaxPickleBytes = uint64_t{64} << 20;
+  MAMBACV_CHECK(pkl->uncompressed_size <= kMaxPickleBytes,
+                path << ": record '" << pkl->name << "' is " << pkl->uncompressed_size
+                     << " bytes uncompressed, more than the " << kMaxPickleBytes
+                     << " a checkpoint's pickle may have (about 100 bytes per tensor)");
   detail::ZipData program = zip.read(*pkl, options.verify_checksums);
   pk::Unpickler unpickler(program.data, program.size, path + ": " + pkl->name);
   const pk::Object* top = unpickler.load();
