@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <map>
@@ -48,6 +49,12 @@ class HostAllocator : public std::enable_shared_from_this<HostAllocator> {
 
 // The process-wide default allocator (never destroyed).
 const std::shared_ptr<HostAllocator>& default_host_allocator();
+
+// Failure injection for tests: after arm_allocation_failure(k), the k-th following allocation of any HostAllocator
+// (k >= 1) throws Error("injected allocation failure") as a real out-of-memory would; k <= 0 disarms.
+// allocations_made() counts every allocation since the process started.
+void arm_allocation_failure(int64_t k);
+int64_t allocations_made();
 
 // Shorthands on the default allocator.
 std::shared_ptr<void> host_alloc(size_t n);

@@ -10,6 +10,8 @@
 #include <future>
 #include <nlohmann/json.hpp>
 
+#include "kernels/host_allocator.h"
+#include "mambacv/detection.h"
 #include "mambacv/mambacv.h"
 #include "mambacv/weights.h"
 #include "test_util.h"
@@ -119,4 +121,68 @@ TEST(HostileFile, FifoAsWeightsIsRefusedWithoutHanging) {
   EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
   EXPECT_NE(msg.find(fifo), std::string::npos) << msg;
   std::remove(fifo.c_str());
+}
+
+// The allocator failing at the k-th allocation, for every k a load and a forward make: each time a clean Error
+// (never a crash or std::terminate from inside a parallel region), and the model loaded before keeps working.
+TEST(HostileMemory, AllocationFailureAtEveryPointIsACleanError) {
+  MAMBACV_REQUIRE_FIXTURES();
+  for (const char* name : {"vim_mini", "vmamba_v2_mini"}) {
+    SCOPED_TRACE(name);
+    const std::string cfg = test::fixture(std::string(name) + ".json");
+    const std::string w = test::fixture(std::string(name) + ".weights.safetensors");
+    const Tensor x = test::random_tensor({2, 3, 64, 64}, 9);
+    Model kept = Model::load(cfg, w);
+    const Tensor want = kept.classify(x);
+    const int64_t before = allocations_made();
+    Model::load(cfg, w).classify(x);
+    const int64_t total = allocations_made() - before;  // allocations of one load + forward
+    ASSERT_GT(total, 10);
+    int failures = 0;
+    for (int64_t k = 1; k <= total; ++k) {
+      arm_allocation_failure(k);
+      try {
+        Model m = Model::load(cfg, w);
+        m.classify(x);
+      } catch (const Error& e) {
+        ++failures;
+        EXPECT_NE(std::string(e.what()).find("out of memory"), std::string::npos) << "k=" << k << ": " << e.what();
+      }
+      arm_allocation_failure(0);
+      if (k % 16 == 0 || k == total) {
+        const Tensor again = kept.classify(x);
+        ASSERT_EQ(compare(again, want).max_abs, 0.0) << "k=" << k;
+      }
+    }
+    EXPECT_EQ(failures, total) << "every injected failure surfaces as an Error";
+  }
+}
+
+// The same for the detector: load, backbone, FPN, RPN, RoI heads and mask paste.
+TEST(HostileMemory, AllocationFailureInDetectionIsACleanError) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string cfg = test::fixture("det/maskrcnn_vmamba_mini.json");
+  const std::string w = test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors");
+  const Tensor x = load_safetensors(test::fixture("det/maskrcnn_vmamba_mini.golden.safetensors")).tensors.at("input");
+  DetectOptions opt;
+  opt.score_thr = 0.0f;  // detections (and masks) even with the fixture's weights
+  Detector kept = Detector::load(cfg, w);
+  const size_t want = kept.detect(x, 250, 300, opt).detections.size();
+  ASSERT_GT(want, 0u);
+  const int64_t before = allocations_made();
+  Detector::load(cfg, w).detect(x, 250, 300, opt);
+  const int64_t total = allocations_made() - before;
+  int failures = 0;
+  for (int64_t k = 1; k <= total; k += std::max<int64_t>(1, total / 100)) {  // about 100 points
+    arm_allocation_failure(k);
+    try {
+      Detector d = Detector::load(cfg, w);
+      d.detect(x, 250, 300, opt);
+    } catch (const Error&) {
+      ++failures;
+    }
+    arm_allocation_failure(0);
+  }
+  EXPECT_GT(failures, 0);
+  EXPECT_EQ(kept.detect(x, 250, 300, opt).detections.size(), want);
 }

@@ -403,6 +403,36 @@ TEST(ImageIo, SixteenBitAndAlphaPng) {
         ASSERT_EQ(g.pixel(x, y)[k], (x + y) % 3 == 0 ? want.pixel(x, y)[0] : 255) << x << "," << y;
 }
 
+// An image whose header declares more than 2^27 pixels is refused before decoding (PNG IHDR, JPEG SOF).
+TEST(ImageIo, HugeDeclaredSizeIsRefusedBeforeDecoding) {
+  const std::string dir = test::temp_dir("image_io_huge");
+  cv::Mat small(2, 3, CV_8UC3, cv::Scalar(1, 2, 3));
+  std::vector<uchar> png, jpg;
+  ASSERT_TRUE(cv::imencode(".png", small, png));
+  ASSERT_TRUE(cv::imencode(".jpg", small, jpg));
+  // PNG: width and height at bytes 16-23 (the IHDR CRC no longer matches: the size check comes first)
+  std::vector<uchar> big_png = png;
+  for (int i = 0; i < 4; ++i) big_png[16 + i] = i == 1 ? 0x01 : 0, big_png[20 + i] = i == 1 ? 0x01 : 0;  // 65536^2
+  const std::string path = dir + "/huge.png";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(big_png.data()),
+                                              static_cast<std::streamsize>(big_png.size()));
+  std::string msg = error_of([&] { load_image(path); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("65536x65536"), std::string::npos) << msg;
+  // JPEG: the SOF segment's height and width
+  std::vector<uchar> big_jpg = jpg;
+  size_t sof = 2;
+  while (sof + 9 < big_jpg.size() && !(big_jpg[sof] == 0xFF && big_jpg[sof + 1] >= 0xC0 && big_jpg[sof + 1] <= 0xC2))
+    sof += 2 + (big_jpg[sof + 2] << 8 | big_jpg[sof + 3]);
+  ASSERT_LT(sof + 9, big_jpg.size());
+  big_jpg[sof + 5] = big_jpg[sof + 6] = big_jpg[sof + 7] = big_jpg[sof + 8] = 0xFF;  // 65535 x 65535
+  msg = error_of([&] { decode_image(big_jpg.data(), big_jpg.size(), "upload.jpg"); });
+  EXPECT_NE(msg.find("65535x65535"), std::string::npos) << msg;
+  // the originals decode
+  EXPECT_EQ(decode_image(png.data(), png.size(), "small.png").width, 3);
+  EXPECT_EQ(decode_image(jpg.data(), jpg.size(), "small.jpg").height, 2);
+}
+
 // A JPEG cut short is an error naming the file (PIL: "image file is truncated"), a complete one with trailing
 // bytes after its end marker is not.
 TEST(ImageIo, TruncatedJpegIsAnError) {

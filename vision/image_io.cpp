@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -24,6 +25,7 @@ namespace mambacv {
 namespace {
 
 constexpr int kDecodeFlags = cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION;
+constexpr uint64_t kMaxImagePixels = uint64_t{1} << 27;  // 134 Mpixel, 400 MB decoded
 constexpr const char* kFormats = "PNG, JPEG, BMP, TIFF, WebP, PPM/PGM, ...";
 
 // Decoded OpenCV matrix (normally CV_8UC3 BGR) -> packed RGB Image; `name` ("image file 'x'") starts errors.
@@ -80,10 +82,44 @@ bool png_gray16(const uint8_t* p, size_t n) {
   return n >= 26 && std::memcmp(p, kSig, 8) == 0 && std::memcmp(p + 12, "IHDR", 4) == 0 && p[24] == 16 && p[25] == 0;
 }
 
+// Width x height declared in a PNG (IHDR) or JPEG (first SOFn) header, or {0, 0} for other formats / none found.
+std::pair<uint64_t, uint64_t> declared_size(const uint8_t* p, size_t n) {
+  static const uint8_t kSig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  auto be = [p](size_t at, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; ++i) v = v << 8 | p[at + i];
+    return v;
+  };
+  if (n >= 24 && std::memcmp(p, kSig, 8) == 0 && std::memcmp(p + 12, "IHDR", 4) == 0) return {be(16, 4), be(20, 4)};
+  if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {
+    for (size_t i = 2; i + 9 < n;) {  // marker segments up to the first start of frame
+      if (p[i] != 0xFF) return {0, 0};
+      const uint8_t m = p[i + 1];
+      if (m == 0xFF) {  // fill byte
+        ++i;
+        continue;
+      }
+      if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) return {be(i + 7, 2), be(i + 5, 2)};
+      if (m == 0xD8 || (m >= 0xD0 && m <= 0xD7) || m == 0x01) {
+        i += 2;
+        continue;
+      }
+      i += 2 + be(i + 2, 2);
+    }
+  }
+  return {0, 0};
+}
+
 // Encoded bytes -> Image, with the checks above; `what` names the file or buffer in errors.
 Image decode_bytes(const uint8_t* data, size_t size, const std::string& what) {
   MAMBACV_CHECK(!jpeg_truncated(data, size),
                 what << " is truncated (a JPEG without its end-of-image marker after the last scan)");
+  // decoded images cost 3 bytes per pixel (and a batch decodes in parallel): beyond kMaxImagePixels they are
+  // refused from the header, before decoding
+  const auto [dw, dh] = declared_size(data, size);
+  MAMBACV_CHECK(dw * dh <= kMaxImagePixels, what << " declares " << dw << "x" << dh << " pixels, more than the "
+                                                 << kMaxImagePixels << " (" << (kMaxImagePixels >> 20)
+                                                 << " Mpixel) an input image may have");
   cv::Mat m;
   try {
     cv::Mat buf(1, static_cast<int>(size), CV_8U, const_cast<uint8_t*>(data));

@@ -1,6 +1,7 @@
 #include "kernels/host_allocator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <iterator>
 
@@ -9,6 +10,9 @@
 namespace mambacv {
 
 namespace {
+std::atomic<int64_t> g_allocations{0};
+std::atomic<int64_t> g_fail_at{0};  // allocation number that fails; 0: none
+
 // Rounds n up to its size class: a multiple of 2^(e-3) where 2^e <= n < 2^(e+1).
 size_t size_class(size_t n) {
   if (n < HostAllocator::kMinCachedBytes) return ((n + 63) / 64) * 64;
@@ -74,6 +78,12 @@ std::shared_ptr<void> HostAllocator::alloc(size_t n, bool short_lived) {
   std::shared_ptr<HostAllocator> self = weak_from_this().lock();
   MAMBACV_CHECK(self != nullptr, "HostAllocator::alloc: the allocator must be owned by a std::shared_ptr");
   MAMBACV_CHECK(n <= (size_t{1} << 60), "out of memory: " << n << " bytes requested");
+  const int64_t number = ++g_allocations;
+  const int64_t fail_at = g_fail_at.load();
+  if (fail_at > 0 && number == fail_at) {
+    g_fail_at = 0;
+    MAMBACV_FAIL("out of memory allocating " << n << " bytes (injected allocation failure)");
+  }
   size_t cls = size_class(n == 0 ? 64 : n);
   void* p = cls >= kMinCachedBytes ? take(cls, short_lived ? kMaxReuseFactor * cls : cls, &cls) : nullptr;
   if (!p) p = std::aligned_alloc(64, cls);
@@ -94,6 +104,9 @@ const std::shared_ptr<HostAllocator>& default_host_allocator() {
   }();
   return *a;
 }
+
+void arm_allocation_failure(int64_t k) { g_fail_at = k > 0 ? g_allocations.load() + k : 0; }
+int64_t allocations_made() { return g_allocations.load(); }
 
 std::shared_ptr<void> host_alloc(size_t n) { return default_host_allocator()->alloc(n); }
 void host_cache_release() { default_host_allocator()->release(); }
