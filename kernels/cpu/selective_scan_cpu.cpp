@@ -94,12 +94,21 @@ struct Workspace {
 // baseline; only the functions defined inside the target region use AVX-512.
 namespace {
 namespace scan_avx512 {
+#if defined(__clang__)  // clang ignores GCC's target pragma; its attribute pragma marks every function instead
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")
+#endif
 #define MAMBACV_SCAN_AVX512 1
 #include "kernels/cpu/selective_scan_tile.inc"
 #undef MAMBACV_SCAN_AVX512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 }  // namespace scan_avx512
 namespace scan_portable {
 #include "kernels/cpu/selective_scan_tile.inc"
