@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mambacv builds against (Debian 12 or later). Run as root or with sudo available.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev)
+# clang, libclang-rt-dev and libomp-dev: the libFuzzer targets (tests/fuzz, the fuzz.short test)
+pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev
+      clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
