@@ -118,7 +118,6 @@ int bench_suite(const Args& args) {
     return std::make_tuple(a.model, a.dtype, a.threads == 1) < std::make_tuple(b.model, b.dtype, b.threads == 1);
   });
 
-  const std::string cpu_name = cpu::cpu_name();
   const MachineReport machine = measure_machine(threads);
   std::fprintf(stderr, "bench --suite: %zu rows, %d iterations each, %d threads\n", cases.size(), iters, threads);
 
@@ -271,7 +270,7 @@ int bench_suite(const Args& args) {
 
   // markdown
   std::ostringstream md;
-  md << "CPU: " << cpu_name << " (" << machine.features << "), " << threads << " threads. FMA peak "
+  md << "CPU: " << machine.cpu << " (" << machine.features << "), " << threads << " threads. FMA peak "
      << fmt("%.1f", machine.fma_peak_gflops) << " GFLOP/s, GEMM " << fmt("%.1f", machine.gemm_gflops)
      << " GFLOP/s (1024³, " << machine.gemm_backend << "). Random weights, medians of " << iters
      << " runs; `of peak` is against the FMA peak measured just before each row.\n\n";

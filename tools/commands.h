@@ -1,6 +1,7 @@
 // The subcommands of the mambacv command line. They use the public API (mambacv/*.h) and, for the machine
-// report of bench / info only, the declared internal headers kernels/cpu_info.h, kernels/ops.h and
-// kernels/context.h (CPU features, the GEMM backend, the FMA-peak and GEMM measurements).
+// report of bench / info only, the declared internal headers kernels/cpu_info.h, kernels/ops.h,
+// kernels/context.h and kernels/host_allocator.h (CPU features, the GEMM backend, the FMA-peak, GEMM, exp-rate and
+// bandwidth measurements, and the allocator cache bench --suite releases between models).
 #pragma once
 
 #include <algorithm>

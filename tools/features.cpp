@@ -1,4 +1,6 @@
 // mambacv features: per-image feature maps (or pooled vectors) into one safetensors file.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -91,7 +93,10 @@ int cmd_features(const std::vector<std::string>& argv) {
     }
     for (size_t k = 0; k < ok_idx.size(); ++k) {
       bool finite = true;
-      for (const auto& [name, t] : feats) finite = finite && compare(t.slice0(k, k + 1), t.slice0(k, k + 1)).finite;
+      for (const auto& [name, t] : feats) {  // f32 maps of this image
+        const Tensor one = t.slice0(static_cast<int64_t>(k), static_cast<int64_t>(k) + 1);
+        finite = finite && std::all_of(one.f32(), one.f32() + one.numel(), [](float v) { return std::isfinite(v); });
+      }
       if (!finite) {  // reported like a failed image, not written
         err[ok_idx[k]] = "the features are not finite (NaN or Inf: non-finite weights or input, or an overflow); "
                          "--check-finite names the first op where it appears";
