@@ -97,8 +97,10 @@ inline ScanParams token_major_scan(int64_t batch, int64_t dim, int64_t L, int64_
   return p;
 }
 
-// Throws Error if the parameters are inconsistent (null operands, dim % groups, ...).
-void validate_scan_params(const ScanParams& p);
+// Throws Error if the parameters are inconsistent (null operands, dim % groups, ...). orders_readable: the
+// directions' orders are host memory and are checked to be permutations (device-resident orders are checked by
+// whoever builds them, on the host, before they are uploaded).
+void validate_scan_params(const ScanParams& p, bool orders_readable = true);
 
 // Plain reference implementation: one (b, c) sequence at a time, scalar code, any strides. Always compiled.
 void selective_scan_ref(const ScanParams& p);
@@ -108,7 +110,12 @@ void selective_scan_ref(const ScanParams& p);
 // reference up to float summation order.
 void selective_scan_cpu(const ExecContext& ctx, const ScanParams& p);
 
-// Dispatch on ctx.device: the fast CPU path (the CUDA kernel is not built yet: a CUDA context is refused).
+// CUDA implementation (kernels/cuda/selective_scan.cu; in builds with MAMBACV_CUDA): every pointer of p, orders
+// included, is device memory; the scan is enqueued on ctx.stream (null: the default stream) and not waited for.
+// Takes N <= 64 and at most 8 directions. Same results as the reference up to the device's exp / log rounding.
+void selective_scan_cuda(const ExecContext& ctx, const ScanParams& p);
+
+// Dispatch on ctx.device: the fast CPU path, or the CUDA kernel (an error in builds without CUDA).
 // Reports the scan's FLOPs and bytes to ctx.trace.
 void selective_scan(const ExecContext& ctx, const ScanParams& p);
 

@@ -1,6 +1,8 @@
 #include "tools/args.h"
 
+#include <cstdio>
 #include <sstream>
+#include <thread>
 
 namespace mambacv::cli {
 
@@ -20,21 +22,23 @@ Args::Args(const std::string& command, const std::vector<std::string>& argv, con
       }
       if (valued.count(key)) {
         if (!has_val) {
-          MAMBACV_CHECK(i + 1 < argv.size(), "option --" << key << " needs a value");
+          MAMBACV_USAGE_CHECK(i + 1 < argv.size(), "option --" << key << " needs a value");
           val = argv[++i];
         }
         values_[key] = val;
       } else if (flags.count(key)) {
-        MAMBACV_CHECK(!has_val, "option --" << key << " takes no value");
+        MAMBACV_USAGE_CHECK(!has_val, "option --" << key << " takes no value");
         flags_set_.insert(key);
       } else {
         std::ostringstream known;
         for (const auto& k : valued) known << " --" << k;
         for (const auto& k : flags) known << " --" << k;
-        MAMBACV_FAIL("unknown option --" << key << " (options of '" << command << "':" << known.str() << ")");
+        MAMBACV_USAGE_CHECK(false, "unknown option --" << key << " (options of '" << command << "':" << known.str() << ")");
       }
+    } else if (a == "-h" && flags.count("help")) {
+      flags_set_.insert("help");
     } else if (a == "-o" && valued.count("output")) {
-      MAMBACV_CHECK(i + 1 < argv.size(), "option -o needs a value");
+      MAMBACV_USAGE_CHECK(i + 1 < argv.size(), "option -o needs a value");
       values_["output"] = argv[++i];
     } else {
       pos_.push_back(a);
@@ -56,7 +60,8 @@ int Args::get_int(const std::string& key, int def) const {
     if (n == it->second.size()) return v;
   } catch (...) {
   }
-  MAMBACV_FAIL("--" << key << ": expected an integer, got '" << it->second << "'");
+  MAMBACV_USAGE_CHECK(false, "--" << key << ": expected an integer, got '" << it->second << "'");
+  return def;
 }
 
 double Args::get_double(const std::string& key, double def) const {
@@ -68,7 +73,8 @@ double Args::get_double(const std::string& key, double def) const {
     if (n == it->second.size()) return v;
   } catch (...) {
   }
-  MAMBACV_FAIL("--" << key << ": expected a number, got '" << it->second << "'");
+  MAMBACV_USAGE_CHECK(false, "--" << key << ": expected a number, got '" << it->second << "'");
+  return def;
 }
 
 std::vector<int> Args::get_int_list(const std::string& key, const std::vector<int>& def) const {
@@ -87,21 +93,55 @@ std::vector<int> Args::get_int_list(const std::string& key, const std::vector<in
       }
     } catch (...) {
     }
-    MAMBACV_FAIL("--" << key << ": expected positive integers separated by commas, got '" << it->second << "'");
+    MAMBACV_USAGE_CHECK(false, "--" << key << ": expected positive integers separated by commas, got '" << it->second
+                                     << "'");
   }
-  MAMBACV_CHECK(!out.empty(), "--" << key << ": empty list");
+  MAMBACV_USAGE_CHECK(!out.empty(), "--" << key << ": empty list");
   return out;
+}
+
+std::string model_options_help() {
+  std::ostringstream h;
+  h << "model options:\n"
+       "  --device cpu|cuda   where the model runs (default cpu); cuda: "
+    << (cuda_built() ? "this build has CUDA kernels, but the model path does not run on them yet"
+                     : "not available: this build has no CUDA kernels (configure with -DMAMBACV_CUDA=ON)")
+    << "\n"
+       "  --dtype f32|f16|bf16 compute dtype (default f32); weights are converted once at load\n"
+       "  --core v0|v1        where reduced precision rounds inside the SSM mixers (upstream forward_corev0 /\n"
+       "                      forward_corev1): v0 feeds the scan fp32 inputs and keeps its output, the direction\n"
+       "                      merge and the gate in fp32; v1 keeps the scan's inputs and each direction's output in\n"
+       "                      the compute dtype (the merge is still summed in fp32). Identical in f32 up to\n"
+       "                      summation order; the released checkpoints were trained with v0 (default v0)\n"
+       "  --threads N         threads of each call (default 0: all cores; more than the cores warns)\n"
+       "  --check-finite      check every precision boundary for NaN / Inf and name the first\n";
+  return h.str();
+}
+
+void Args::require(const std::string& key, const std::string& what) const {
+  MAMBACV_USAGE_CHECK(has(key), cmd_ << ": " << what);
 }
 
 Options Args::model_options() const {
   Options o;
-  if (has("device")) o.device = parse_device(get("device"));
-  if (has("dtype")) o.dtype = parse_compute_dtype(get("dtype"));
-  if (has("core")) o.core = parse_core(get("core"));
+  // the library's parse errors name the option and the accepted values: a usage error here
+  try {
+    if (has("device")) o.device = parse_device(get("device"));
+    if (has("dtype")) o.dtype = parse_compute_dtype(get("dtype"));
+    if (has("core")) o.core = parse_core(get("core"));
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
   o.threads = get_int("threads", 0);
   o.check_finite = has("check-finite");
-  MAMBACV_CHECK(o.threads >= 0 && o.threads <= 1024,
-                "--threads: expected 0 (all cores) or a count up to 1024, got " << o.threads);
+  MAMBACV_USAGE_CHECK(o.threads >= 0 && o.threads <= 1024,
+                      "--threads: expected 0 (all cores) or a count up to 1024, got " << o.threads);
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores > 0 && o.threads > static_cast<int>(cores))
+    std::fprintf(stderr, "mambacv %s: warning: --threads %d is more than the %u cores of this machine; the extra "
+                         "threads share cores and make each call slower\n", cmd_.c_str(), o.threads, cores);
   return o;
 }
 

@@ -34,7 +34,7 @@ const char* kBenchHelp =
 }  // namespace
 
 Model load_or_random(const Args& args, const Options& opt) {
-  MAMBACV_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
+  MAMBACV_USAGE_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
   if (args.has("weights")) return Model::load(args.get("model"), args.get("weights"), opt);
   return Model::random(load_model_config(args.get("model")), opt, 1);
 }
@@ -45,18 +45,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
   Args args("bench", argv, valued, {"json", "per-op", "gemm", "help", "check-finite", "suite", "quick"});
   if (args.has("help")) {
     std::fputs(kBenchHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
   if (args.has("suite")) return bench_suite(args);
   if (args.has("gemm")) return bench_gemm(args.model_options().threads, args.has("json"), args.model_options().dtype);
-  MAMBACV_CHECK(args.positionals().empty(), "bench: unexpected argument '" << args.positionals()[0] << "'");
+  MAMBACV_USAGE_CHECK(args.positionals().empty(), "bench: unexpected argument '" << args.positionals()[0] << "'");
   Options opt = args.model_options();
   Model model = load_or_random(args, opt);
   const int size = args.get_int("size", model.input_size());
   const int warmup = args.get_int("warmup", 2);
   const int iters = args.get_int("iters", 10);
-  MAMBACV_CHECK(size >= 16, "--size: expected at least 16 pixels, got " << size);
-  MAMBACV_CHECK(warmup >= 0 && iters >= 1, "--warmup must be >= 0 and --iters >= 1");
+  MAMBACV_USAGE_CHECK(size >= 16, "--size: expected at least 16 pixels, got " << size);
+  MAMBACV_USAGE_CHECK(warmup >= 0 && iters >= 1, "--warmup must be >= 0 and --iters >= 1");
   const std::vector<int> batches = args.get_int_list("batch", {1, 8, 32});
   const bool json = args.has("json");
   const bool per_op = args.has("per-op");

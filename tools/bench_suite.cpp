@@ -88,7 +88,7 @@ int bench_suite(const Args& args) {
   const bool quick = args.has("quick");
   const int iters = args.get_int("iters", quick ? 3 : 5);
   const int warmup = args.get_int("warmup", 1);
-  MAMBACV_CHECK(warmup >= 0 && iters >= 1, "--warmup must be >= 0 and --iters >= 1");
+  MAMBACV_USAGE_CHECK(warmup >= 0 && iters >= 1, "--warmup must be >= 0 and --iters >= 1");
   const int threads = resolve_threads(args.model_options().threads);
   const std::map<std::string, double> upstream = read_upstream(args.get("upstream"));
   const std::string save = args.get("save");

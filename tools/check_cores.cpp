@@ -43,30 +43,30 @@ int cmd_check_cores(const std::vector<std::string>& argv) {
             {"json", "help"});
   if (args.has("help")) {
     std::fputs(kCheckCoresHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
-  MAMBACV_CHECK(args.positionals().empty(), "check-cores: unexpected argument '" << args.positionals()[0] << "'\n"
+  MAMBACV_USAGE_CHECK(args.positionals().empty(), "check-cores: unexpected argument '" << args.positionals()[0] << "'\n"
                                                                                  << kCheckCoresHelp);
-  MAMBACV_CHECK(args.has("model"), "check-cores: --model is required\n" << kCheckCoresHelp);
+  MAMBACV_USAGE_CHECK(args.has("model"), "check-cores: --model is required\n" << kCheckCoresHelp);
   const Options opt = args.model_options();
-  MAMBACV_CHECK(!args.has("core"), "check-cores: --core is not an option here: both cores are run");
+  MAMBACV_USAGE_CHECK(!args.has("core"), "check-cores: --core is not an option here: both cores are run");
   const std::string model = args.get("model");
   nlohmann::json fixture;
   const bool is_fixture = read_fixture(model, &fixture);
   const fs::path dir = fs::path(model).parent_path();
   ModelConfig cfg = load_model_config(model);
 
-  std::string weights_path = args.get("weights");
-  if (weights_path.empty() && is_fixture && fixture.contains("weights") && fixture["weights"].is_string())
-    weights_path = (dir / fixture["weights"].get<std::string>()).string();
+  // --weights, else the fixture's own, else random weights (the cores are compared either way)
+  const std::string weights_path = args.has("weights") ? args.get("weights") : cfg.weights;
   TensorMap weights;
   if (!weights_path.empty()) weights = load_weights(weights_path).tensors;
 
   const int batch = args.get_int("batch", 1);
-  MAMBACV_CHECK(batch >= 1 && batch <= 256, "--batch: expected 1 to 256, got " << batch);
+  MAMBACV_USAGE_CHECK(batch >= 1 && batch <= 256, "--batch: expected 1 to 256, got " << batch);
   auto input_size = [&] {  // --size, else the model's own input size
-    const int size = args.has("size") ? args.get_int("size", 0) : Model::random(cfg).input_size();
-    MAMBACV_CHECK(size >= 1 && size <= 4096, "--size: expected 1 to 4096, got " << size);
+    const int size = args.has("size") ? args.get_int("size", 0) : summarize_model(cfg).input_width;
+    MAMBACV_USAGE_CHECK(size >= 1 && size <= 4096, "--size: expected 1 to 4096, got " << size);
     return size;
   };
   Tensor x;

@@ -16,8 +16,11 @@ const char* kClassifyHelp =
     "usage: mambacv classify --model M --weights W [--topk 5] [--batch N] [--json] [--labels FILE] INPUT...\n"
     "                        [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
     "                        [--check-finite]\n"
-    "INPUT: image files (PNG, JPEG, BMP, TIFF, WebP, ...), folders (searched recursively) or @list.txt (one path\n"
-    "per line). Images get the upstream eval transform (shorter side to size/0.875 with antialiased bicubic,\n"
+    "                        [--random-weights]\n"
+    "INPUT: image files (PNG, JPEG, BMP, TIFF, WebP, ...), folders (searched recursively), @list.txt (one path\n"
+    "per line, relative paths taken from the list's folder) or - (a list on standard input, relative to the\n"
+    "working directory). --weights defaults to the config's own weights file where it names one (fixtures);\n"
+    "--random-weights runs without a checkpoint (outputs mean nothing; a warning says so). Images get the upstream eval transform (shorter side to size/0.875 with antialiased bicubic,\n"
     "center crop, ImageNet mean/std). Prints the top-k classes with probabilities per image; --json prints one\n"
     "object per line: {\"image\": PATH, \"top\": [{\"index\": I, \"label\": NAME, \"prob\": P}, ...]} or\n"
     "{\"image\": PATH, \"error\": REASON}. Exit status 1 when any image failed.\n";
@@ -48,23 +51,25 @@ std::vector<std::pair<int, float>> top_k(const float* logits, int n, int k) {
 int cmd_classify(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "topk", "batch", "labels"});
-  Args args("classify", argv, valued, {"json", "help", "check-finite"});
+  Args args("classify", argv, valued, {"json", "help", "check-finite", "random-weights"});
   if (args.has("help")) {
     std::fputs(kClassifyHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
-  MAMBACV_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
-  MAMBACV_CHECK(args.has("weights"), "--weights is required (.pth or .safetensors)");
-  MAMBACV_CHECK(!args.positionals().empty(), "classify: no INPUT given (image files, folders or @list.txt)");
+  MAMBACV_USAGE_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
+  MAMBACV_USAGE_CHECK(!args.positionals().empty(), "classify: no INPUT given (image files, folders or @list.txt)");
   const int topk = args.get_int("topk", 5);
   const int batch = args.get_int("batch", 8);
-  MAMBACV_CHECK(topk >= 1, "--topk: expected a positive integer, got " << topk);
-  MAMBACV_CHECK(batch >= 1, "--batch: expected a positive integer, got " << batch);
+  MAMBACV_USAGE_CHECK(topk >= 1, "--topk: expected a positive integer, got " << topk);
+  MAMBACV_USAGE_CHECK(batch >= 1, "--batch: expected a positive integer, got " << batch);
   const bool json = args.has("json");
 
   Options opt = args.model_options();
   ModelConfig cfg = load_model_config(args.get("model"));
-  Model model = Model::load(cfg.path, args.get("weights"), opt);
+  const std::string weights = weights_for(args, cfg);
+  if (weights.empty()) warn_random_weights("classify", cfg);
+  Model model = weights.empty() ? Model::random(cfg, opt, 1) : Model::load(cfg.path, weights, opt);
   MAMBACV_CHECK(model.num_classes() > 0, "--model " << cfg.name << " is a backbone without a classifier; use "
                                                     << "'mambacv features'");
   std::vector<std::string> labels =

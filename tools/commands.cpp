@@ -11,6 +11,7 @@ const std::vector<Command>& commands() {
       {"classify", cmd_classify},
       {"features", cmd_features},
       {"detect", cmd_detect},
+      {"models", cmd_models},
   };
   return all;
 }

@@ -27,6 +27,7 @@ int cmd_classify(const std::vector<std::string>& args);
 int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
 int cmd_check_cores(const std::vector<std::string>& args);
+int cmd_models(const std::vector<std::string>& args);
 
 // JSON text of j for output: bytes that are not valid UTF-8 (file names, labels) become U+FFFD instead of an
 // exception, so one odd name never costs the other results (tools/machine.cpp).
@@ -70,6 +71,14 @@ struct ScanBound {
 ScanBound scan_bound(const std::vector<OpStat>& ops, int threads);
 
 class Args;
+// The weights file a model command runs (tools/models.cpp): --weights, else the config's own "weights" (the golden
+// fixtures name theirs), else "" when --random-weights is given; neither is a UsageError naming the released
+// checkpoint and where upstream publishes it.
+std::string weights_for(const Args& args, const ModelConfig& cfg);
+// The warning --random-weights prints on stderr: outputs mean nothing, and where the real checkpoint is.
+void warn_random_weights(const char* command, const ModelConfig& cfg);
+// One config's summary as JSON (`models --json`, `info --json`).
+nlohmann::ordered_json summary_json(const ModelSummary& s);
 // `bench --suite` (tools/bench_suite.cpp): the performance tables in one run.
 int bench_suite(const Args& args);
 // verify for arch "mask_rcnn" fixtures (tools/verify_detection.cpp).

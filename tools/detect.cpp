@@ -88,18 +88,17 @@ int cmd_detect(const std::vector<std::string>& argv) {
   Args args("detect", argv, valued, {"json", "help", "no-masks", "profile", "random-weights", "check-finite"});
   if (args.has("help")) {
     std::fputs(kDetectHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
-  MAMBACV_CHECK(args.has("model"), "--model is required (a mask_rcnn config name from configs/ or a .json)");
-  MAMBACV_CHECK(args.has("weights") || args.has("random-weights"),
-                "--weights is required (.pth or .safetensors), or --random-weights for timing runs");
-  MAMBACV_CHECK(!args.positionals().empty(), "detect: no INPUT given (image files, folders or @list.txt)");
+  MAMBACV_USAGE_CHECK(args.has("model"), "--model is required (a mask_rcnn config name from configs/ or a .json)");
+  MAMBACV_USAGE_CHECK(!args.positionals().empty(), "detect: no INPUT given (image files, folders or @list.txt)");
   const bool json = args.has("json");
   const char* env = std::getenv("MAMBACV_PROFILE");
   const bool profile = args.has("profile") || (env && *env && std::string(env) != "0");
   DetectOptions dopt;
   dopt.score_thr = static_cast<float>(args.get_double("score-thr", -1.0));
-  MAMBACV_CHECK(!args.has("score-thr") || (dopt.score_thr >= 0 && dopt.score_thr <= 1),
+  MAMBACV_USAGE_CHECK(!args.has("score-thr") || (dopt.score_thr >= 0 && dopt.score_thr <= 1),
                 "--score-thr: expected a number in [0, 1], got " << args.get("score-thr"));
   dopt.masks = !args.has("no-masks");
   if (args.has("max-size")) {
@@ -117,8 +116,10 @@ int cmd_detect(const std::vector<std::string>& argv) {
   }
 
   const Options opt = args.model_options();
-  Detector det = args.has("random-weights") ? Detector::random(args.get("model"), opt)
-                                            : Detector::load(args.get("model"), args.get("weights"), opt);
+  const ModelConfig cfg = load_model_config(args.get("model"));
+  const std::string weights = weights_for(args, cfg);
+  if (weights.empty()) warn_random_weights("detect", cfg);
+  Detector det = weights.empty() ? Detector::random(cfg.path, opt) : Detector::load(cfg.path, weights, opt);
   const std::vector<std::string>& names = det.class_names();
   std::vector<std::string> inputs = expand_inputs(args.positionals());
   MAMBACV_CHECK(!inputs.empty(), "detect: the INPUT arguments hold no image files");

@@ -14,7 +14,8 @@ namespace {
 const char* kFeaturesHelp =
     "usage: mambacv features --model M --weights W [--pool] [--batch N] INPUT... -o out.safetensors\n"
     "                        [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
-    "                        [--check-finite]\n"
+    "                        [--check-finite] [--random-weights]\n"
+    "INPUT and --weights as for classify (files, folders, @list.txt, - for a list on stdin).\n"
     "Writes each image's features as tensors named \"<i>/<feature>\" (i = the image's position among the inputs\n"
     "that were read): VMamba \"stage.0\"..\"stage.3\" (C, H, W), backbones \"features.0\"..\"features.3\", Vim \"cls\" (D)\n"
     "and \"tokens\" (D, gh, gw). --pool replaces every map by its global average (C). The file's metadata holds\n"
@@ -40,22 +41,24 @@ Tensor pool_one(const Tensor& t) {
 int cmd_features(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "batch", "output"});
-  Args args("features", argv, valued, {"pool", "help", "check-finite"});
+  Args args("features", argv, valued, {"pool", "help", "check-finite", "random-weights"});
   if (args.has("help")) {
     std::fputs(kFeaturesHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
-  MAMBACV_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
-  MAMBACV_CHECK(args.has("weights"), "--weights is required (.pth or .safetensors)");
-  MAMBACV_CHECK(args.has("output"), "-o out.safetensors is required");
-  MAMBACV_CHECK(!args.positionals().empty(), "features: no INPUT given (image files, folders or @list.txt)");
+  MAMBACV_USAGE_CHECK(args.has("model"), "--model is required (a name from configs/ or a config .json)");
+  MAMBACV_USAGE_CHECK(args.has("output"), "-o out.safetensors is required");
+  MAMBACV_USAGE_CHECK(!args.positionals().empty(), "features: no INPUT given (image files, folders or @list.txt)");
   const bool pool = args.has("pool");
   const int batch = args.get_int("batch", 8);
-  MAMBACV_CHECK(batch >= 1, "--batch: expected a positive integer, got " << batch);
+  MAMBACV_USAGE_CHECK(batch >= 1, "--batch: expected a positive integer, got " << batch);
 
   Options opt = args.model_options();
   ModelConfig cfg = load_model_config(args.get("model"));
-  Model model = Model::load(cfg.path, args.get("weights"), opt);
+  const std::string weights = weights_for(args, cfg);
+  if (weights.empty()) warn_random_weights("features", cfg);
+  Model model = weights.empty() ? Model::random(cfg, opt, 1) : Model::load(cfg.path, weights, opt);
   const InputSpec spec = model.input_spec();
   std::vector<std::string> inputs = expand_inputs(args.positionals());
   MAMBACV_CHECK(!inputs.empty(), "features: the INPUT arguments hold no image files");

@@ -2,14 +2,17 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan), makes their seed corpora and runs each for SECONDS
 # (default 60). Corpora grow in BUILD/fuzz-corpus/<target> across runs; a crash leaves its input in BUILD/fuzz-crashes
 # and makes the script exit 1. Needs clang and libomp-dev (Debian: clang libomp-dev).
-#   tools/fuzz.sh [SECONDS] [BUILD_DIR]      e.g. tools/fuzz.sh 600 build-fuzz
+#   tools/fuzz.sh [SECONDS] [BUILD_DIR] [--prebuilt]     e.g. tools/fuzz.sh 600 build-fuzz
+# --prebuilt: BUILD_DIR is an already built -DMAMBACV_FUZZ=ON tree (the fuzz.short test of the sanitizer job).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 build="${2:-build-fuzz}"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DMAMBACV_FUZZ=ON \
-  -DMAMBACV_BUILD_TESTS=OFF -DMAMBACV_CUDA=OFF > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }
-cmake --build "$build" -j2 --target fuzz_safetensors fuzz_pth fuzz_config fuzz_image mambacv_fuzz_seeds
+if [ "${3:-}" != "--prebuilt" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DMAMBACV_FUZZ=ON \
+    -DMAMBACV_BUILD_TESTS=OFF -DMAMBACV_CUDA=OFF > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }
+  cmake --build "$build" -j2 --target fuzz_safetensors fuzz_pth fuzz_config fuzz_image mambacv_fuzz_seeds
+fi
 seeds="$build/fuzz-seeds"
 ASAN_OPTIONS=detect_leaks=0 "$build/tests/fuzz/mambacv_fuzz_seeds" "$seeds" configs/*.json
 mkdir -p "$build/fuzz-crashes"

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 #include "mambacv/error.h"
 #include "tools/commands.h"
@@ -24,22 +25,34 @@ bool has_image_extension(const fs::path& p) {
 }
 }  // namespace
 
+namespace {
+// The non-empty, non-comment lines of a list, relative paths taken against `base`.
+void read_list(std::istream& f, const fs::path& base, std::vector<std::string>* out) {
+  std::string line;
+  while (std::getline(f, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    size_t s = line.find_first_not_of(" \t");
+    if (s == std::string::npos || line[s] == '#') continue;
+    fs::path p = line.substr(s);
+    out->push_back((p.is_absolute() || base.empty() ? p : base / p).lexically_normal().string());
+  }
+}
+}  // namespace
+
 std::vector<std::string> expand_inputs(const std::vector<std::string>& args) {
   std::vector<std::string> out;
+  bool stdin_read = false;
   for (const std::string& a : args) {
     std::error_code ec;
-    if (a.size() > 1 && a[0] == '@') {
+    if (a == "-" || a == "@-") {
+      MAMBACV_CHECK(!stdin_read, "input list - (standard input) given twice");
+      stdin_read = true;
+      read_list(std::cin, fs::path(), &out);  // relative to the working directory
+    } else if (a.size() > 1 && a[0] == '@') {
       fs::path list = a.substr(1);
       std::ifstream f(list);
       MAMBACV_CHECK(f.good(), "input list " << list.string() << ": cannot open the file");
-      std::string line;
-      while (std::getline(f, line)) {
-        while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
-        size_t s = line.find_first_not_of(" \t");
-        if (s == std::string::npos || line[s] == '#') continue;
-        fs::path p = line.substr(s);
-        out.push_back((p.is_absolute() ? p : list.parent_path() / p).lexically_normal().string());
-      }
+      read_list(f, list.parent_path(), &out);
     } else if (fs::is_directory(a, ec)) {
       std::vector<std::string> found;
       fs::recursive_directory_iterator it(a, fs::directory_options::skip_permission_denied, ec), end;

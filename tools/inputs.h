@@ -8,8 +8,10 @@
 namespace mambacv::cli {
 
 // Expands the INPUT arguments in order: a folder becomes its image files (recursively, sorted by path; files
-// without an image extension are skipped), @FILE becomes the non-empty lines of FILE (relative paths are taken
-// relative to FILE's folder), anything else is kept as given (a missing file is reported when it is read).
+// without an image extension are skipped), @FILE becomes the non-empty lines of FILE that do not start with '#'
+// (relative paths are taken relative to FILE's folder, so a list travels with its dataset), "-" or "@-" the lines
+// of standard input (relative to the working directory), anything else is kept as given (a missing file is
+// reported when it is read).
 // Throws Error for an unreadable @list or folder.
 std::vector<std::string> expand_inputs(const std::vector<std::string>& args);
 

@@ -32,9 +32,10 @@ int cmd_verify(const std::vector<std::string>& argv) {
   Args args("verify", argv, valued, {"help", "check-finite"});
   if (args.has("help")) {
     std::fputs(kVerifyHelp, stdout);
+    std::fputs(model_options_help().c_str(), stdout);
     return 0;
   }
-  MAMBACV_CHECK(args.positionals().size() == 1, "verify: expected exactly one FIXTURE.json argument\n" << kVerifyHelp);
+  MAMBACV_USAGE_CHECK(args.positionals().size() == 1, "verify: expected exactly one FIXTURE.json argument\n" << kVerifyHelp);
   const std::string fixture = args.positionals()[0];
   Options opt = args.model_options();
 
@@ -50,14 +51,9 @@ int cmd_verify(const std::vector<std::string>& argv) {
                 "fixture " << fixture << ": no \"golden\" file named (is this a fixture json?)");
   fs::path dir = fs::path(fixture).parent_path();
   std::string golden_path = (dir / j["golden"].get<std::string>()).string();
-  std::string weights_path = args.get("weights");
-  if (weights_path.empty()) {
-    MAMBACV_CHECK(j.contains("weights") && j["weights"].is_string(),
-                  "fixture " << fixture << ": no \"weights\" file named; pass --weights");
-    weights_path = (dir / j["weights"].get<std::string>()).string();
-  }
-
   ModelConfig cfg = load_model_config(fixture);
+  const std::string weights_path = args.has("weights") ? args.get("weights") : cfg.weights;
+  MAMBACV_CHECK(!weights_path.empty(), "fixture " << fixture << ": no \"weights\" file named; pass --weights");
   WeightFile golden = load_safetensors(golden_path);
   if (cfg.arch == "mask_rcnn") return verify_detection_fixture(fixture, weights_path, golden.tensors, opt);
   auto in = golden.tensors.find("input");

@@ -1,9 +1,11 @@
-// Model config files: {"arch": ..., "config": {upstream constructor kwargs}}; other top-level keys are ignored,
-// so every golden fixture's json is itself a valid config.
+// Model config files: {"arch": ..., "config": {upstream constructor kwargs}, optional "labels", "description",
+// "checkpoint", "checkpoint_url", "weights"}; other top-level keys are ignored, so every golden fixture's json is
+// itself a valid config.
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -16,8 +18,15 @@ namespace {
 // Where named configs are looked up, in order: $MAMBACV_CONFIG_DIR; <prefix>/share/mambacv/configs next to the
 // running program (an installed, relocated tree: <prefix>/bin/mambacv); the source tree the library was built from
 // (a build-tree program); the configured install folder.
+std::mutex g_dirs_mutex;
+std::vector<std::string> g_user_dirs;  // set_config_dirs
+
 std::vector<fs::path> config_dirs() {
   std::vector<fs::path> dirs;
+  {
+    std::lock_guard<std::mutex> lock(g_dirs_mutex);
+    for (const auto& d : g_user_dirs) dirs.emplace_back(d);
+  }
   if (const char* e = std::getenv("MAMBACV_CONFIG_DIR")) dirs.emplace_back(e);
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
@@ -50,13 +59,34 @@ ModelConfig parse_config_file(const fs::path& p, const std::string& name) {
   c.path = p.string();
   c.arch = j["arch"].get<std::string>();
   c.json = j["config"].dump();
-  if (j.contains("labels") && j["labels"].is_string()) {
-    fs::path l = j["labels"].get<std::string>();
-    c.labels = (l.is_absolute() ? l : p.parent_path() / l).string();
-  }
+  const auto beside = [&p](const std::string& f) {
+    fs::path l = f;
+    return (l.is_absolute() ? l : p.parent_path() / l).string();
+  };
+  const auto text = [&j, &p](const char* key) -> std::string {
+    if (!j.contains(key)) return "";
+    MAMBACV_CHECK(j[key].is_string(), "config " << p.string() << ": \"" << key << "\" must be a string");
+    return j[key].get<std::string>();
+  };
+  if (!text("labels").empty()) c.labels = beside(text("labels"));
+  if (!text("weights").empty()) c.weights = beside(text("weights"));
+  c.description = text("description");
+  c.checkpoint = text("checkpoint");
+  c.checkpoint_url = text("checkpoint_url");
   return c;
 }
 }  // namespace
+
+std::vector<std::string> config_search_path() {
+  std::vector<std::string> out;
+  for (const auto& d : config_dirs()) out.push_back(d.string());
+  return out;
+}
+
+void set_config_dirs(const std::vector<std::string>& dirs) {
+  std::lock_guard<std::mutex> lock(g_dirs_mutex);
+  g_user_dirs = dirs;
+}
 
 std::vector<std::string> list_model_configs() {
   std::vector<std::string> names;
@@ -105,11 +135,13 @@ ModelConfig load_model_config(const std::string& name_or_path) {
   fs::path p(name_or_path);
   std::error_code ec;
   if (fs::is_regular_file(p, ec)) return parse_config_file(p, p.stem().string());
-  bool looks_like_path = name_or_path.find('/') != std::string::npos || p.extension() == ".json";
-  MAMBACV_CHECK(!looks_like_path, "config " << name_or_path << ": no such file");
+  // "vim_tiny" or "vim_tiny.json" (no folder part, not a file here) name a shipped config
+  const bool has_folder = name_or_path.find('/') != std::string::npos;
+  MAMBACV_CHECK(!has_folder, "config " << name_or_path << ": no such file");
+  const std::string name = p.extension() == ".json" ? p.stem().string() : name_or_path;
   for (const auto& d : config_dirs()) {
-    fs::path c = d / (name_or_path + ".json");
-    if (fs::is_regular_file(c, ec)) return parse_config_file(c, name_or_path);
+    fs::path c = d / (name + ".json");
+    if (fs::is_regular_file(c, ec)) return parse_config_file(c, name);
   }
   std::ostringstream known;
   for (const auto& n : list_model_configs()) known << " " << n;

@@ -109,11 +109,7 @@ Detector Detector::random(const std::string& config, const Options& opt, uint64_
   return d;
 }
 
-int Detector::num_classes() const {
-  for (const ParamSpec& p : model_.parameter_specs())
-    if (p.name == "roi_head.bbox_head.fc_cls.bias") return static_cast<int>(p.shape[0] - 1);
-  return 0;
-}
+int Detector::num_classes() const { return detail::detection_classes(model_.parameter_specs()); }
 
 std::vector<DetectionResult> Detector::detect_batch(const Tensor& input, const std::vector<std::array<int, 2>>& shapes,
                                                     const DetectOptions& opt) const {

@@ -611,4 +611,10 @@ std::unique_ptr<Network> make_mask_rcnn_network(const ModelConfig& mc) {
   return std::make_unique<MaskRcnnNetwork>(mc);
 }
 
+int detection_classes(const std::vector<ParamSpec>& specs) {
+  for (const ParamSpec& p : specs)
+    if (p.name == "roi_head.bbox_head.fc_cls.bias") return static_cast<int>(p.shape[0] - 1);
+  return 0;
+}
+
 }  // namespace mambacv::detail

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mambacv/tensor.h"
+#include "mambacv/weights.h"
 #include "vision/detection_heads.h"
 
 namespace mambacv::detail {
@@ -41,5 +42,8 @@ struct DetectionCall {
   std::vector<MaskRcnnImageOut> out;
   double backbone_ms = 0, fpn_ms = 0;
 };
+
+// Object classes of a mask_rcnn network from its parameters: the box classifier's outputs less the background.
+int detection_classes(const std::vector<ParamSpec>& specs);
 
 }  // namespace mambacv::detail

@@ -8,7 +8,9 @@
 #include "kernels/context.h"
 #include "kernels/host_allocator.h"
 #include "kernels/ops.h"
+#include "mambacv/detection.h"
 #include "mambacv/mambacv.h"
+#include "vision/mask_rcnn.h"
 #include "vision/network.h"
 
 namespace mambacv {
@@ -207,5 +209,29 @@ int64_t Model::num_parameters() const {
 }
 
 std::vector<ParamSpec> Model::parameter_specs() const { return net_->param_specs(); }
+
+ModelSummary summarize_model(const ModelConfig& cfg) {
+  const std::unique_ptr<detail::Network> net = detail::make_network(cfg);
+  const std::vector<ParamSpec> specs = net->param_specs();
+  ModelSummary s;
+  s.name = cfg.name;
+  s.arch = cfg.arch;
+  s.description = cfg.description;
+  s.checkpoint = cfg.checkpoint;
+  s.checkpoint_url = cfg.checkpoint_url;
+  for (const ParamSpec& p : specs) s.parameters += shape_numel(p.shape);
+  if (cfg.arch == "mask_rcnn") {
+    const DetectOptions d;
+    s.task = "detection";
+    s.num_classes = detail::detection_classes(specs);
+    s.input_width = d.max_long;
+    s.input_height = d.max_short;
+  } else {
+    s.num_classes = net->num_classes();
+    s.task = s.num_classes > 0 ? "classification" : "features";
+    s.input_width = s.input_height = net->input_size();
+  }
+  return s;
+}
 
 }  // namespace mambacv

@@ -187,7 +187,14 @@ void selective_scan(const ExecContext& ctx, const ScanParams& p) {
   }
   const double steps = static_cast<double>(p.batch) * static_cast<double>(p.dim) * static_cast<double>(p.L);
   OpTrace trace(ctx, "selective_scan", total * steps, bytes_per_step * steps, exps_per_step * steps);
-  MAMBACV_CHECK(ctx.device == Device::Cpu, "selective_scan: the CUDA scan kernel is not part of this build");
+  if (ctx.device == Device::Cuda) {
+#ifdef MAMBACV_WITH_CUDA
+    selective_scan_cuda(ctx, p);
+    return;
+#else
+    MAMBACV_FAIL("selective_scan: this build of mambacv has no CUDA kernels (configure with -DMAMBACV_CUDA=ON)");
+#endif
+  }
   selective_scan_cpu(ctx, p);
 }
 

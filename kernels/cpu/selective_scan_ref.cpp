@@ -37,7 +37,7 @@ void check_operand(const void* ptr, DType t, const char* name, size_t k, bool op
 
 }  // namespace
 
-void validate_scan_params(const ScanParams& p) {
+void validate_scan_params(const ScanParams& p, bool orders_readable) {
   MAMBACV_CHECK(p.batch >= 1 && p.dim >= 1 && p.L >= 1 && p.N >= 1,
                 "selective_scan: batch, dim, L and N must be >= 1 (got batch " << p.batch << ", dim " << p.dim
                                                                                << ", L " << p.L << ", N " << p.N << ")");
@@ -58,7 +58,7 @@ void validate_scan_params(const ScanParams& p) {
     MAMBACV_CHECK(d.A != nullptr, "selective_scan: direction " << k << ": A is null");
     MAMBACV_CHECK(std::isfinite(d.out_scale),
                   "selective_scan: direction " << k << ": out_scale " << d.out_scale << " is not finite");
-    if (d.order) {
+    if (d.order && orders_readable) {
       // Cheap (O(L)) compared with the scan itself: a bad order would read and write out of bounds.
       seen.assign(static_cast<size_t>(p.L), 0);
       for (int64_t l = 0; l < p.L; ++l) {

@@ -16,6 +16,16 @@
 
 namespace mambacv::ops::detail {
 
+MAMBACV_SIMD_INLINE uint32_t float_as_bits(float f) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_bit_cast(uint32_t, f);
+#else
+  uint32_t i;
+  std::memcpy(&i, &f, 4);
+  return i;
+#endif
+}
+
 MAMBACV_SIMD_INLINE float bits_as_float(int32_t i) {
 #if defined(__GNUC__) || defined(__clang__)
   return __builtin_bit_cast(float, i);  // memcpy here stops GCC from vectorising the calling loop
@@ -29,8 +39,11 @@ MAMBACV_SIMD_INLINE float bits_as_float(int32_t i) {
 // e^x for finite x; clamps to [e^-87.3, e^88.3] instead of producing 0 / inf.
 MAMBACV_SIMD_INLINE float exp_f(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  // round(x / ln 2) with the 1.5 * 2^23 trick (std::floor / nearbyint do not vectorise without -fno-trapping-math)
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // round(x / ln 2) with the 1.5 * 2^23 trick (std::floor / nearbyint do not vectorise without -fno-trapping-math);
+  // the shifted value's low mantissa bits are that integer, read as bits (a NaN x then stays NaN without the
+  // undefined float-to-int conversion of NaN)
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
   float r = x - n * 0.693359375f;                               // Cody-Waite: ln 2 = hi + lo
   r = r - n * -2.12194440e-4f;
   // Taylor series of e^r on |r| <= ln2/2, degree 7 (truncation < 1e-8 relative)
@@ -42,7 +55,7 @@ MAMBACV_SIMD_INLINE float exp_f(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  return p * bits_as_float((static_cast<int32_t>(n) + 127) << 23);
+  return p * bits_as_float(static_cast<int32_t>((float_as_bits(shifted) - 0x4B400000u + 127u) << 23));
 }
 
 MAMBACV_SIMD_INLINE float silu_f(float x) { return x / (1.0f + exp_f(-x)); }
@@ -82,8 +95,15 @@ MAMBACV_SIMD_INLINE float gelu_f(float x) { return 0.5f * x * (1.0f + erf_f(x * 
 // Runs body(begin, end) compiled for AVX-512 (16-lane `omp simd` loops; the body is inlined into this function)
 // when `avx512` (cpu_isa() == Avx512), else as compiled for the build's baseline. For the loop-shaped ops whose
 // AVX-512 variant is only a wider vectorisation of the same code.
+// GCC needs prefer-vector-width=512 to use zmm registers; clang takes 512-bit vectors from the target alone under
+// generic tuning and rejects that attribute key.
+#if defined(__clang__)
+#define MAMBACV_AVX512_LOOP_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
+#else
+#define MAMBACV_AVX512_LOOP_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,prefer-vector-width=512"
+#endif
 template <class F>
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,prefer-vector-width=512"), flatten)) void
+__attribute__((target(MAMBACV_AVX512_LOOP_TARGET), flatten)) void
 run_avx512(F& body, int64_t begin, int64_t end) {
   body(begin, end);
 }

@@ -19,6 +19,7 @@
 #include "mambacv/image.h"
 #include "mambacv/scan_core.h"
 #include "mambacv/tensor.h"
+#include "mambacv/version.h"
 #include "mambacv/weights.h"
 
 namespace mambacv {
@@ -56,9 +57,31 @@ struct ModelConfig {
   std::string arch;
   std::string json;   // the "config" object, serialised
   std::string labels; // label file (one class name per line) from the top-level "labels" key, resolved; or ""
+  // Optional top-level keys: what the model is, the released checkpoint's file name and where upstream publishes
+  // it (the shipped configs carry all three), and a weights file that belongs to this config (the golden
+  // fixtures name theirs), resolved against the config's folder.
+  std::string description, checkpoint, checkpoint_url, weights;
 };
-// `name_or_path`: a path to a .json file, or the name of a config shipped in configs/ (e.g. "vim_tiny").
+// `name_or_path`: a path to a .json file, or the name of a config shipped in configs/ (e.g. "vim_tiny"; a bare
+// "vim_tiny.json" that is not a file in the working directory also names the shipped one).
 ModelConfig load_model_config(const std::string& name_or_path);
+// Folders named configs are looked up in, in order: set_config_dirs' list, $MAMBACV_CONFIG_DIR, the installed
+// share/mambacv/configs beside the running program, the source tree the library was built from, the configured
+// install prefix.
+std::vector<std::string> config_search_path();
+// Puts `dirs` first in the config search path of this process (e.g. an application's own config folder).
+void set_config_dirs(const std::vector<std::string>& dirs);
+
+// What a config describes, found without building any weights (`mambacv models`, `mambacv info`).
+struct ModelSummary {
+  std::string name, arch;
+  std::string task;  // "classification", "features" (backbones) or "detection"
+  std::string description, checkpoint, checkpoint_url;
+  int input_width = 0, input_height = 0;  // the eval input (detectors: the keep-ratio rescale bound, 1333x800)
+  int num_classes = 0;                    // classifier outputs, or the detector's object classes; 0 for backbones
+  int64_t parameters = 0;
+};
+ModelSummary summarize_model(const ModelConfig& config);
 // Names of the shipped configs.
 std::vector<std::string> list_model_configs();
 // Class names for a model with `num_classes` outputs: the config's label file when it has exactly that many
