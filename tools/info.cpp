@@ -70,11 +70,12 @@ int cmd_info(const std::vector<std::string>& argv) {
     std::printf("parameters  %lld (%.2fM)\n", static_cast<long long>(summary.parameters), summary.parameters / 1e6);
     std::printf("classes     %d\n", summary.num_classes);
     if (detector)
-      std::printf("input       %dx%d (keep-ratio rescale bound; the network input is padded to %dx%d)\n", width,
-                  height, net_w, net_h);
+      std::printf("input       %dx%d (the keep-ratio rescale bound; sides padded to multiples of 32)\n",
+                  summary.input_width, summary.input_height);
     else
-      std::printf("input       (1, 3, %d, %d)\n", height, width);
-    std::printf("FLOPs       %.3f GFLOP per image at %dx%d (%.3f G multiply-adds)\n", flops / 1e9, width, height,
+      std::printf("input       (1, 3, %d, %d)\n", summary.input_height, summary.input_width);
+    std::printf("FLOPs       %.3f GFLOP per image at %dx%d%s (%.3f G multiply-adds)\n", flops / 1e9, width, height,
+                detector ? (" (padded " + std::to_string(net_w) + "x" + std::to_string(net_h) + ")").c_str() : "",
                 flops / 2e9);
     std::printf("outputs:\n");
     for (const auto& [name, t] : outs) std::printf("  %-24s %s\n", name.c_str(), shape_str(t.shape()).c_str());
