@@ -159,22 +159,6 @@ class FrameSource {
   int skipped_ = 0;
 };
 
-struct Top1 {
-  int index = -1;
-  float prob = 0;
-};
-
-Top1 top1(const float* logits, int n) {
-  const float mx = *std::max_element(logits, logits + n);
-  double sum = 0;
-  int best = 0;
-  for (int i = 0; i < n; ++i) {
-    sum += std::exp(static_cast<double>(logits[i]) - mx);
-    if (logits[i] > logits[best]) best = i;
-  }
-  return {best, static_cast<float>(1.0 / sum)};  // exp(max - max) / sum
-}
-
 // Text in a filled box at the top-left corner, sized to the frame.
 void annotate(cv::Mat& frame, const std::vector<std::string>& lines) {
   const double scale = std::clamp(std::min(frame.cols, frame.rows) / 500.0, 0.35, 2.0);
@@ -203,7 +187,7 @@ int run(const Args& args) {
   const mambacv::Model model = mambacv::Model::load(cfg.path, args.weights, opt);
   const int classes = model.num_classes();
   if (classes <= 0) throw mambacv::Error(args.model + " is a backbone without a classifier");
-  const std::vector<std::string> labels = mambacv::load_labels(cfg, classes);
+  const std::vector<std::string>& labels = model.class_names();
   const mambacv::InputSpec spec = model.input_spec();
 
   FrameSource source(args.input);
@@ -220,7 +204,7 @@ int run(const Args& args) {
 
   using clock = std::chrono::steady_clock;
   double fps_ema = 0;  // smoothed frames per second of the whole loop
-  Top1 last;
+  mambacv::ClassScore last;
   int frames = 0, classified = 0;
   auto t_prev = clock::now();
   const auto t_start = t_prev;
@@ -229,10 +213,9 @@ int run(const Args& args) {
   while ((args.max_frames == 0 || frames < args.max_frames) && source.next(frame, name)) {
     if (frames % args.every == 0) {
       const mambacv::Tensor logits = model.classify(mambacv::preprocess_mat(frame, spec));
-      last = top1(logits.f32(), classes);
+      last = mambacv::top_k(logits.f32(), classes, 1, labels)[0];
       ++classified;
-      std::printf("%s: %d %.4f %s\n", name.c_str(), last.index, last.prob,
-                  labels.empty() ? "" : labels[last.index].c_str());
+      std::printf("%s: %d %.4f %s\n", name.c_str(), last.index, last.prob, last.label.c_str());
     }
     // frames per second: the interval between this frame's annotation and the previous one's (read, classify,
     // draw, write), smoothed; the first frame counts from the start of the loop
@@ -240,7 +223,7 @@ int run(const Args& args) {
     const double dt = std::chrono::duration<double>(t_now - t_prev).count();
     t_prev = t_now;
     if (dt > 0) fps_ema = fps_ema == 0 ? 1.0 / dt : 0.8 * fps_ema + 0.2 / dt;
-    const std::string label = labels.empty() ? "class " + std::to_string(last.index) : labels[last.index];
+    const std::string label = last.label.empty() ? "class " + std::to_string(last.index) : last.label;
     char line1[512], line2[64];
     std::snprintf(line1, sizeof line1, "%s  %.1f%%", label.c_str(), 100.0 * last.prob);
     std::snprintf(line2, sizeof line2, "%.1f fps", fps_ema);

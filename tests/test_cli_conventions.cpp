@@ -4,10 +4,15 @@
 // image.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <iterator>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -248,4 +253,204 @@ TEST(ModelConfigs, FoundByFileNameAndThroughSetConfigDirs) {
   set_config_dirs({});
   EXPECT_THROW(load_model_config("my_vim"), Error);
   EXPECT_EQ(load_model_config("vim_tiny").description, "Vim-Ti, ImageNet-1k top-1 76.1");
+}
+
+// convert: a .pth becomes safetensors with the model's canonical names; loading either gives the same logits bit
+// for bit (f32), or close ones (bf16, half the bytes); a mismatching model and a bad OUT are clear errors.
+TEST(CliConvert, PthToSafetensorsLoadsTheSameModel) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = temp_dir("convert");
+  const std::string cfg = fixture("vim_mini.json"), pth = fixture("vim_mini.pth");
+  const std::string out32 = dir + "/vim_mini.safetensors", out16 = dir + "/vim_mini_bf16.safetensors";
+  std::string out;
+  ASSERT_EQ(run("convert --model " + q(cfg) + " " + q(pth) + " " + q(out32), &out), 0) << out;
+  ASSERT_EQ(run("convert --model " + q(cfg) + " " + q(pth) + " " + q(out16) + " --dtype bf16", &out), 0) << out;
+  const WeightFile w32 = load_safetensors(out32), w16 = load_safetensors(out16);
+  const Model ref = Model::load(cfg, pth);
+  std::set<std::string> names;
+  for (const auto& p : ref.parameter_specs()) names.insert(p.name);
+  std::set<std::string> got;
+  for (const auto& [n, t] : w32.tensors) got.insert(n);
+  EXPECT_EQ(got, names) << "exactly the model's tensors, canonical names";
+  EXPECT_EQ(w32.metadata.at("mambacv_model"), "vim_mini");
+  EXPECT_EQ(w16.metadata.at("dtype"), "bf16");
+  for (const auto& [n, t] : w16.tensors) EXPECT_EQ(t.dtype(), DType::BF16) << n;
+  EXPECT_LT(fs::file_size(out16), fs::file_size(out32) * 6 / 10);
+  const Tensor x = test::random_tensor({2, 3, 64, 64}, 5);
+  const Tensor a = ref.classify(x), b = Model::load(cfg, out32).classify(x), c = Model::load(cfg, out16).classify(x);
+  ASSERT_EQ(a.numel(), b.numel());
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << "the f32 conversion must not change a bit";
+  EXPECT_LT(compare(c, a).rel_l2, 2e-2);
+  EXPECT_GT(compare(c, a).rel_l2, 0.0) << "bf16 rounding must show";
+  // errors: another model's weights (every problem listed), an OUT that cannot be written, a usage error
+  EXPECT_EQ(run("convert --model " + q(fixture("vmamba_v2_mini.json")) + " " + q(pth) + " " + q(dir + "/x.safetensors"),
+                &out), 1) << out;
+  EXPECT_NE(out.find("weights do not match the model"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir + "/x.safetensors"));
+  EXPECT_EQ(run("convert --model " + q(cfg) + " " + q(pth) + " " + q(dir + "/no/such/dir/x.safetensors"), &out), 1);
+  EXPECT_NE(out.find("cannot write"), std::string::npos) << out;
+  EXPECT_EQ(run("convert --model " + q(cfg) + " " + q(pth) + " " + q(dir + "/x.bin"), &out), 2) << out;
+  EXPECT_EQ(run("convert --model " + q(cfg) + " " + q(pth), &out), 2) << out;
+}
+
+TEST(CliConventions, ClassifyAndFeaturesOnADetectorPointToDetect) {
+  std::string out;
+  EXPECT_EQ(run("classify --model mask_rcnn_vmamba_tiny --random-weights x.png", &out), 2) << out;
+  EXPECT_NE(out.find("is a detector: use 'mambacv detect'"), std::string::npos) << out;
+  EXPECT_EQ(run("features --model mask_rcnn_vmamba_tiny --random-weights x.png -o f.safetensors", &out), 2) << out;
+  EXPECT_NE(out.find("is a detector: use 'mambacv detect'"), std::string::npos) << out;
+}
+
+TEST(Api, TopKWithLabels) {
+  const float logits[5] = {1.0f, 3.0f, 3.0f, -2.0f, 0.5f};
+  const std::vector<std::string> names = {"a", "b", "c", "d", "e"};
+  const auto top = top_k(logits, 5, 3, names);
+  ASSERT_EQ(top.size(), 3u);
+  EXPECT_EQ(top[0].index, 1);  // ties go to the lower index
+  EXPECT_EQ(top[1].index, 2);
+  EXPECT_EQ(top[2].index, 0);
+  EXPECT_EQ(top[0].label, "b");
+  double sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - 3.0);
+  EXPECT_NEAR(top[0].prob, 1.0 / sum, 1e-7);
+  EXPECT_NEAR(top[2].prob, std::exp(-2.0) / sum, 1e-7);
+  EXPECT_EQ(top_k(logits, 5, 9).size(), 5u);                  // k above the class count
+  EXPECT_EQ(top_k(logits, 5, 1, {"only one"})[0].label, "");  // labels of another length are not used
+  const float bad[2] = {0.0f, std::nanf("")};
+  EXPECT_THROW(top_k(bad, 2, 1), Error);
+  Tensor t = Tensor::empty({2, 5});
+  for (int i = 0; i < 10; ++i) t.f32()[i] = logits[i % 5] * (i < 5 ? 1.0f : -1.0f);
+  const auto rows = top_k(t, 1, names);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0][0].label, "b");
+  EXPECT_EQ(rows[1][0].label, "d");
+}
+
+// VMamba's pre-logits embedding: the classifier head applied to it gives the logits.
+TEST(Api, VMambaEmbeddingIsThePreLogitsVector) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string cfg = fixture("vmamba_v2_mini.json"), w = fixture("vmamba_v2_mini.weights.safetensors");
+  const Model m = Model::load(cfg, w);
+  ASSERT_GT(m.num_classes(), 0);
+  const Tensor x = test::random_tensor({2, 3, 64, 64}, 3);
+  const auto f = m.features(x);
+  ASSERT_TRUE(f.count("embedding"));
+  const Tensor& e = f.at("embedding");
+  const TensorMap weights = canonical_weights(load_model_config(cfg), load_weights(w).tensors);
+  const Tensor hw = weights.at("classifier.head.weight").to(DType::F32, true);
+  const Tensor hb = weights.at("classifier.head.bias").to(DType::F32, true);
+  const int64_t C = e.dim(1), K = m.num_classes();
+  ASSERT_EQ(hw.dim(1), C);
+  Tensor logits = Tensor::empty({2, K});
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t k = 0; k < K; ++k) {
+      double s = hb.f32()[k];
+      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(e.f32()[b * C + c]) * hw.f32()[k * C + c];
+      logits.f32()[b * K + k] = static_cast<float>(s);
+    }
+  EXPECT_LT(compare(logits, m.classify(x)).rel_l2, 1e-5);
+}
+
+namespace {
+// (shape, data) of a float32 .npy file written by `features --format npy`
+std::pair<Shape, std::vector<float>> read_npy(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_GE(bytes.size(), 10u);
+  EXPECT_EQ(bytes.substr(0, 6), "\x93NUMPY");
+  const size_t hlen = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+  EXPECT_EQ((10 + hlen) % 64, 0u) << "npy header must pad the data to 64 bytes";
+  const std::string header = bytes.substr(10, hlen);
+  EXPECT_NE(header.find("'descr': '<f4'"), std::string::npos) << header;
+  Shape shape;
+  const size_t a = header.find("'shape': (") + 10, b = header.find(')', a);
+  std::stringstream ss(header.substr(a, b - a));
+  for (std::string item; std::getline(ss, item, ',');)
+    if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
+  std::vector<float> data((bytes.size() - 10 - hlen) / 4);
+  std::memcpy(data.data(), bytes.data() + 10 + hlen, data.size() * 4);
+  return {shape, data};
+}
+std::vector<std::string> metadata_images(const WeightFile& w) {
+  return nlohmann::json::parse(w.metadata.at("images")).get<std::vector<std::string>>();
+}
+}  // namespace
+
+// features streams to disk: per-image tensors, stacked (N, ...) tensors and .npy hold the same rows; shards
+// together equal the unsharded run; a failed image is reported and counted; OUT is checked before any work.
+TEST(CliFeatures, StackedNpyAndShardsHoldTheSameRows) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = temp_dir("features_stream");
+  std::ofstream(dir + "/broken.png") << "not a png";
+  const std::string list = dir + "/list.txt";
+  {
+    std::ofstream l(list);
+    for (const char* n : {"chelsea.png", "coffee.png", "chelsea_gray.png", "coffee_small.jpg"})
+      l << fixture(std::string("images/") + n) << "\n";
+    l << dir << "/broken.png\n";
+  }
+  const std::string base = "features --model " + q(fixture("vmamba_v2_mini.json")) + " --batch 2 @" + q(list);
+  std::string out;
+  EXPECT_EQ(run(base + " -o " + q(dir + "/per_image.safetensors"), &out), 1) << out;  // the broken image
+  EXPECT_NE(out.find("4 image(s) written"), std::string::npos) << out;
+  EXPECT_NE(out.find("1 of 5 failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("broken.png"), std::string::npos) << out;
+  EXPECT_EQ(run(base + " --stack -o " + q(dir + "/stacked.safetensors"), &out), 1) << out;
+  EXPECT_EQ(run(base + " --format npy -o " + q(dir + "/npy"), &out), 1) << out;
+  const WeightFile per = load_safetensors(dir + "/per_image.safetensors");
+  const WeightFile st = load_safetensors(dir + "/stacked.safetensors");
+  EXPECT_EQ(st.metadata.at("layout"), "stacked");
+  const std::vector<std::string> imgs = metadata_images(st);
+  ASSERT_EQ(imgs.size(), 4u);
+  EXPECT_EQ(metadata_images(per), imgs);
+  EXPECT_TRUE(nlohmann::json::parse(st.metadata.at("errors")).contains(dir + "/broken.png"));
+  std::ifstream names(dir + "/npy/images.txt");
+  for (const auto& p : imgs) {
+    std::string line;
+    std::getline(names, line);
+    EXPECT_EQ(line, p);
+  }
+  ASSERT_FALSE(st.tensors.empty());
+  for (const auto& [name, t] : st.tensors) {
+    ASSERT_EQ(t.dim(0), 4) << name;
+    const int64_t row = t.numel() / 4;
+    const auto [nshape, ndata] = read_npy(dir + "/npy/" + name + ".npy");
+    EXPECT_EQ(nshape, t.shape()) << name;
+    ASSERT_EQ(static_cast<int64_t>(ndata.size()), t.numel()) << name;
+    EXPECT_EQ(std::memcmp(ndata.data(), t.f32(), t.nbytes()), 0) << name;
+    for (int64_t i = 0; i < 4; ++i) {
+      const Tensor& one = per.tensors.at(std::to_string(i) + "/" + name);
+      ASSERT_EQ(one.numel(), row) << name;
+      EXPECT_EQ(std::memcmp(one.f32(), t.f32() + i * row, one.nbytes()), 0) << name << " row " << i;
+    }
+  }
+  // three shards: their images, in order, are the unsharded run's, and each row is the same bytes
+  std::vector<std::string> sharded;
+  for (int s = 0; s < 3; ++s) {
+    const std::string f = dir + "/shard" + std::to_string(s) + ".safetensors";
+    run(base + " --stack --shard " + std::to_string(s) + "/3 -o " + q(f), &out);
+    const WeightFile w = load_safetensors(f);
+    EXPECT_EQ(w.metadata.at("shard"), std::to_string(s) + "/3");
+    const auto part = metadata_images(w);
+    for (size_t r = 0; r < part.size(); ++r) {
+      const size_t i = std::find(imgs.begin(), imgs.end(), part[r]) - imgs.begin();
+      ASSERT_LT(i, imgs.size()) << part[r];
+      for (const auto& [name, t] : w.tensors) {
+        const Tensor& all = st.tensors.at(name);
+        const int64_t row = all.numel() / all.dim(0);
+        EXPECT_EQ(std::memcmp(t.f32() + r * row, all.f32() + i * row, row * 4), 0) << name << " " << part[r];
+      }
+    }
+    sharded.insert(sharded.end(), part.begin(), part.end());
+  }
+  EXPECT_EQ(sharded, imgs);
+  // usage and output errors come before any work
+  EXPECT_EQ(run(base + " --shard 3/3 -o " + q(dir + "/x.safetensors"), &out), 2) << out;
+  EXPECT_EQ(run(base + " --shard a/b -o " + q(dir + "/x.safetensors"), &out), 2) << out;
+  EXPECT_EQ(run(base + " --format csv -o " + q(dir + "/x"), &out), 2) << out;
+  EXPECT_EQ(run(base + " -o " + q(dir + "/no/such/dir/x.safetensors"), &out), 1) << out;
+  EXPECT_NE(out.find("cannot write"), std::string::npos) << out;
+  EXPECT_EQ(out.find("broken.png"), std::string::npos) << "no image is read before OUT is checked\n" << out;
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().string().find(".part"), std::string::npos) << "spool left behind: " << e.path();
 }

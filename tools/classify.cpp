@@ -32,22 +32,6 @@ struct Item {
 };
 }  // namespace
 
-std::vector<std::pair<int, float>> top_k(const float* logits, int n, int k) {
-  // softmax in double for stable probabilities
-  double mx = *std::max_element(logits, logits + n), sum = 0;
-  std::vector<double> p(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) sum += p[i] = std::exp(static_cast<double>(logits[i]) - mx);
-  std::vector<int> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min(k, n);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
-    return p[a] > p[b] || (p[a] == p[b] && a < b);
-  });
-  std::vector<std::pair<int, float>> out;
-  for (int i = 0; i < k; ++i) out.emplace_back(idx[i], static_cast<float>(p[idx[i]] / sum));
-  return out;
-}
-
 int cmd_classify(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "topk", "batch", "labels"});
@@ -67,13 +51,14 @@ int cmd_classify(const std::vector<std::string>& argv) {
 
   Options opt = args.model_options();
   ModelConfig cfg = load_model_config(args.get("model"));
+  MAMBACV_USAGE_CHECK(cfg.arch != "mask_rcnn", "--model " << cfg.name << " is a detector: use 'mambacv detect'");
   const std::string weights = weights_for(args, cfg);
   if (weights.empty()) warn_random_weights("classify", cfg);
   Model model = weights.empty() ? Model::random(cfg, opt, 1) : Model::load(cfg.path, weights, opt);
   MAMBACV_CHECK(model.num_classes() > 0, "--model " << cfg.name << " is a backbone without a classifier; use "
                                                     << "'mambacv features'");
   std::vector<std::string> labels =
-      args.has("labels") ? read_label_file(args.get("labels")) : load_labels(cfg, model.num_classes());
+      args.has("labels") ? read_label_file(args.get("labels")) : model.class_names();
   if (!labels.empty() && static_cast<int>(labels.size()) != model.num_classes()) {
     std::fprintf(stderr, "mambacv classify: warning: %s has %zu labels but the model has %d classes; printing "
                          "indices\n", args.get("labels").c_str(), labels.size(), model.num_classes());
@@ -130,22 +115,21 @@ int cmd_classify(const std::vector<std::string>& argv) {
         }
         continue;
       }
-      auto top = top_k(row, model.num_classes(), topk);
+      const std::vector<ClassScore> top = top_k(row, model.num_classes(), topk, labels);
       if (json) {
         nlohmann::ordered_json arr = nlohmann::ordered_json::array();
-        for (auto [idx, p] : top) {
+        for (const ClassScore& c : top) {
           nlohmann::ordered_json e;
-          e["index"] = idx;
-          e["label"] = labels.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(labels[idx]);
-          e["prob"] = p;
+          e["index"] = c.index;
+          e["label"] = labels.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(c.label);
+          e["prob"] = c.prob;
           arr.push_back(e);
         }
         std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", it.path}, {"top", arr}})).c_str());
       } else {
         std::printf("%s\n", it.path.c_str());
         for (size_t r = 0; r < top.size(); ++r)
-          std::printf("  %zu. %6.2f%%  %4d  %s\n", r + 1, 100.0 * top[r].second, top[r].first,
-                      labels.empty() ? "" : labels[top[r].first].c_str());
+          std::printf("  %zu. %6.2f%%  %4d  %s\n", r + 1, 100.0 * top[r].prob, top[r].index, top[r].label.c_str());
       }
     }
     std::fflush(stdout);

@@ -12,6 +12,7 @@ const std::vector<Command>& commands() {
       {"features", cmd_features},
       {"detect", cmd_detect},
       {"models", cmd_models},
+      {"convert", cmd_convert},
   };
   return all;
 }

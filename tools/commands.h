@@ -28,6 +28,7 @@ int cmd_features(const std::vector<std::string>& args);
 int cmd_detect(const std::vector<std::string>& args);
 int cmd_check_cores(const std::vector<std::string>& args);
 int cmd_models(const std::vector<std::string>& args);
+int cmd_convert(const std::vector<std::string>& args);
 
 // JSON text of j for output: bytes that are not valid UTF-8 (file names, labels) become U+FFFD instead of an
 // exception, so one odd name never costs the other results (tools/machine.cpp).

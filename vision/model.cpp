@@ -81,17 +81,33 @@ Model::Model(std::shared_ptr<const detail::Network> net, Options opt) : net_(std
   if (opt_.host_cache_mb >= 0) alloc_ = std::make_shared<HostAllocator>(static_cast<size_t>(opt_.host_cache_mb) << 20);
 }
 
-Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Options& opt, const std::string& source) {
-  make_policy(opt);  // reject unsupported options before the work
-  std::unique_ptr<detail::Network> net = detail::make_network(cfg);
-  TensorMap w = net->canonicalize(weights);
+namespace {
+// The weights in the network's canonical names, checked against its parameter specs.
+TensorMap matched_weights(const detail::Network& net, const ModelConfig& cfg, const TensorMap& weights,
+                          const std::string& source) {
+  TensorMap w = net.canonicalize(weights);
   for (const auto& [name, t] : w)
     MAMBACV_CHECK(is_float(t.dtype()) || t.dtype() == DType::I64,
                   source << ": tensor " << name << " has dtype " << dtype_name(t.dtype()) << ", expected a float type");
-  check_weights_match(w, net->param_specs(), source + " (config " + cfg.name + ")");
+  check_weights_match(w, net.param_specs(), source + " (config " + cfg.name + ")");
+  return w;
+}
+}  // namespace
+
+TensorMap canonical_weights(const ModelConfig& cfg, const TensorMap& weights, const std::string& source) {
+  const std::unique_ptr<detail::Network> net = detail::make_network(cfg);
+  return matched_weights(*net, cfg, weights, source);
+}
+
+Model Model::load(const ModelConfig& cfg, const TensorMap& weights, const Options& opt, const std::string& source) {
+  make_policy(opt);  // reject unsupported options before the work
+  std::unique_ptr<detail::Network> net = detail::make_network(cfg);
+  TensorMap w = matched_weights(*net, cfg, weights, source);
   net->bind(f32_weights(w), opt.dtype);
   host_cache_release();  // the load's temporaries (converted and raw copies) are not kept as idle cache
-  return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
+  Model m(std::shared_ptr<const detail::Network>(std::move(net)), opt);
+  m.class_names_ = load_labels(cfg, m.num_classes());
+  return m;
 }
 
 Model Model::load(const std::string& config, const std::string& weights, const Options& opt) {
@@ -142,13 +158,45 @@ Model Model::random(const ModelConfig& cfg, const Options& opt, uint64_t seed) {
   }
   net->bind(std::move(w), opt.dtype);
   host_cache_release();  // the load's temporaries are not kept as idle cache
-  return Model(std::shared_ptr<const detail::Network>(std::move(net)), opt);
+  Model m(std::shared_ptr<const detail::Network>(std::move(net)), opt);
+  m.class_names_ = load_labels(cfg, m.num_classes());
+  return m;
 }
 
 const std::string& Model::arch() const { return net_->arch(); }
 const Options& Model::options() const { return opt_; }
 int Model::input_size() const { return net_->input_size(); }
 int Model::num_classes() const { return net_->num_classes(); }
+const std::vector<std::string>& Model::class_names() const { return class_names_; }
+
+std::vector<ClassScore> top_k(const float* logits, int n, int k, const std::vector<std::string>& labels) {
+  MAMBACV_CHECK(n >= 1 && k >= 1, "top_k: expected at least one class and k >= 1, got " << n << " classes, k " << k);
+  for (int i = 0; i < n; ++i)
+    MAMBACV_CHECK(std::isfinite(logits[i]), "top_k: logit " << i << " is " << logits[i] << ": no probability");
+  const double mx = *std::max_element(logits, logits + n);
+  double sum = 0;
+  std::vector<double> p(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) sum += p[i] = std::exp(static_cast<double>(logits[i]) - mx);
+  std::vector<int> idx(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) idx[i] = i;
+  k = std::min(k, n);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+  const bool named = static_cast<int>(labels.size()) == n;
+  std::vector<ClassScore> out;
+  for (int i = 0; i < k; ++i)
+    out.push_back({idx[i], static_cast<float>(p[idx[i]] / sum), named ? labels[idx[i]] : std::string()});
+  return out;
+}
+
+std::vector<std::vector<ClassScore>> top_k(const Tensor& logits, int k, const std::vector<std::string>& labels) {
+  MAMBACV_CHECK(logits.defined() && logits.ndim() == 2 && logits.dtype() == DType::F32,
+                "top_k: expected (B, classes) f32 logits, got " << (logits.defined() ? logits.str() : "an empty tensor"));
+  std::vector<std::vector<ClassScore>> out;
+  const int n = static_cast<int>(logits.dim(1));
+  for (int64_t b = 0; b < logits.dim(0); ++b) out.push_back(top_k(logits.f32() + b * n, n, k, labels));
+  return out;
+}
 InputSpec Model::input_spec() const {
   InputSpec s;
   s.size = net_->input_size();

@@ -501,18 +501,22 @@ class VMambaNetwork final : public Network {
       }
     }
 
-    if (!c.backbone && c.num_classes > 0 && want.has("logits")) {
+    const bool logits_wanted = c.num_classes > 0 && want.has("logits");
+    if (!c.backbone && (logits_wanted || api)) {
       ctx.stage("head");
       policy.scope("head");
       const int64_t L = cur.dim(1) * cur.dim(2), C = cur.dim(3);
       Tensor normed = ctx.empty({B, L, C});
       ops::layer_norm(ctx, cur, cls_norm_w_, cls_norm_b_, kLnEps, normed);
       policy.apply(ctx, Boundary::Activation, normed);
-      Tensor pooled = ops::mean_tokens(ctx, normed);
+      Tensor pooled = ops::mean_tokens(ctx, normed);  // (B, C): the pre-logits embedding
       policy.apply(ctx, Boundary::Activation, pooled);
-      Tensor logits = ctx.empty({B, c.num_classes});
-      policy.linear(ctx, Boundary::Head, pooled, head_, logits);
-      out["logits"] = logits;
+      if (api) out["embedding"] = pooled;
+      if (logits_wanted) {
+        Tensor logits = ctx.empty({B, c.num_classes});
+        policy.linear(ctx, Boundary::Head, pooled, head_, logits);
+        out["logits"] = logits;
+      }
     }
     return out;
   }

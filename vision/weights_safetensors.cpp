@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "mambacv/weights.h"
@@ -189,58 +190,154 @@ WeightFile load_safetensors(const std::string& path) {
   return wf;
 }
 
-void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  // Header: TensorMap iterates in name order, so data is laid out in name order too.
+namespace {
+void check_savable(const std::string& path, const std::string& name, const Tensor& t) {
+  MAMBACV_CHECK(name != "__metadata__", path << ": a tensor may not be named __metadata__");
+  MAMBACV_CHECK(t.defined(), path << ": tensor '" << name << "' is undefined");
+  MAMBACV_CHECK(t.device() == Device::Cpu, path << ": tensor '" << name << "' lives on " << device_name(t.device())
+                                                << "; copy it to the CPU before saving");
+}
+bool write_all(FILE* f, const void* p, size_t n) { return n == 0 || std::fwrite(p, 1, n, f) == n; }
+}  // namespace
+
+struct SafetensorsWriter::Spool {
+  std::string path;
+  FILE* f = nullptr;
+  uint64_t bytes = 0;
+};
+
+SafetensorsWriter::SafetensorsWriter(const std::string& path) : path_(path) {}
+
+SafetensorsWriter::~SafetensorsWriter() { discard(); }
+
+void SafetensorsWriter::discard() {
+  for (auto& s : spools_) {
+    if (s->f) std::fclose(s->f);
+    s->f = nullptr;
+    std::remove(s->path.c_str());
+  }
+  spools_.clear();
+}
+
+SafetensorsWriter::Spool& SafetensorsWriter::spool(size_t k) {
+  while (spools_.size() <= k) {
+    auto s = std::make_unique<Spool>();
+    s->path = path_ + ".part" + std::to_string(spools_.size());
+    s->f = std::fopen(s->path.c_str(), "wb");
+    MAMBACV_CHECK(s->f, path_ << ": cannot create " << s->path << ": " << std::strerror(errno));
+    spools_.push_back(std::move(s));
+  }
+  return *spools_[k];
+}
+
+void SafetensorsWriter::write_spool(Spool& s, const Tensor& t) {
+  MAMBACV_CHECK(write_all(s.f, t.raw(), t.nbytes()), path_ << ": cannot write " << s.path << ": "
+                                                            << std::strerror(errno));
+  s.bytes += t.nbytes();
+}
+
+void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
+  check_savable(path_, name, t);
+  MAMBACV_CHECK(!index_.count(name), path_ << ": tensor '" << name << "' written twice");
+  Spool& s = spool(0);  // whole tensors share the first spool, in arrival order
+  index_[name] = entries_.size();
+  entries_.push_back({name, t.dtype(), t.shape(), 0, s.bytes, 0});
+  write_spool(s, t);
+}
+
+void SafetensorsWriter::append_row(const std::string& name, const Tensor& t) {
+  check_savable(path_, name, t);
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    spool(0);  // keep spool 0 for whole tensors
+    index_[name] = entries_.size();
+    entries_.push_back({name, t.dtype(), t.shape(), 0, 0, spools_.size()});
+    spool(spools_.size());
+    it = index_.find(name);
+  }
+  Entry& e = entries_[it->second];
+  MAMBACV_CHECK(e.spool > 0, path_ << ": tensor '" << name << "' was written whole, it cannot take rows");
+  MAMBACV_CHECK(t.dtype() == e.dtype && t.shape() == e.row_shape,
+                path_ << ": row " << e.rows << " of '" << name << "' is " << t.str() << ", the earlier rows are "
+                      << dtype_name(e.dtype) << shape_str(e.row_shape));
+  write_spool(*spools_[e.spool], t);
+  ++e.rows;
+}
+
+void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata) {
+  // Layout: the whole tensors (spool 0, in arrival order), then each stacked tensor's rows.
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) {
     nlohmann::json m = nlohmann::json::object();
     for (const auto& [k, v] : metadata) m[k] = v;
     header["__metadata__"] = std::move(m);
   }
-  uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    MAMBACV_CHECK(name != "__metadata__", path << ": a tensor may not be named __metadata__");
-    MAMBACV_CHECK(t.defined(), path << ": tensor '" << name << "' is undefined");
-    MAMBACV_CHECK(t.device() == Device::Cpu, path << ": tensor '" << name << "' lives on " << device_name(t.device())
-                                                  << "; copy it to the CPU before saving");
-    nlohmann::json e;
-    e["dtype"] = safetensors_dtype_name(t.dtype());
-    e["shape"] = t.shape();
-    e["data_offsets"] = {offset, offset + t.nbytes()};
-    offset += t.nbytes();
-    header[name] = std::move(e);
+  std::vector<uint64_t> spool_base(spools_.size(), 0);
+  uint64_t base = 0;
+  for (size_t k = 0; k < spools_.size(); ++k) {
+    spool_base[k] = base;
+    base += spools_[k]->bytes;
+  }
+  for (const Entry& e : entries_) {
+    nlohmann::json j;
+    j["dtype"] = safetensors_dtype_name(e.dtype);
+    uint64_t begin = spool_base[e.spool] + e.offset, bytes;
+    if (e.spool == 0) {
+      j["shape"] = e.row_shape;
+      bytes = static_cast<uint64_t>(shape_numel(e.row_shape)) * dtype_size(e.dtype);
+    } else {
+      Shape stacked = {e.rows};
+      stacked.insert(stacked.end(), e.row_shape.begin(), e.row_shape.end());
+      j["shape"] = stacked;
+      bytes = spools_[e.spool]->bytes;
+    }
+    j["data_offsets"] = {begin, begin + bytes};
+    header[e.name] = std::move(j);
   }
   std::string text;
   try {
     text = header.dump();
   } catch (const std::exception& ex) {  // e.g. a name that is not valid UTF-8
-    MAMBACV_FAIL(path << ": cannot write the safetensors header: " << ex.what());
+    MAMBACV_FAIL(path_ << ": cannot write the safetensors header: " << ex.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
   // Write PATH.tmp, then rename over PATH: readers never see a half-written file.
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = path_ + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
-  MAMBACV_CHECK(f, path << ": cannot create " << tmp << ": " << std::strerror(errno));
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  for (auto it = tensors.begin(); ok && it != tensors.end(); ++it)
-    ok = it->second.nbytes() == 0 || std::fwrite(it->second.raw(), 1, it->second.nbytes(), f) == it->second.nbytes();
+  MAMBACV_CHECK(f, path_ << ": cannot create " << tmp << ": " << std::strerror(errno));
+  bool ok = write_all(f, len, 8) && write_all(f, text.data(), text.size());
+  std::vector<char> buf(1 << 20);
+  for (auto& s : spools_) {
+    if (!ok) break;
+    ok = std::fclose(s->f) == 0;
+    s->f = ok ? std::fopen(s->path.c_str(), "rb") : nullptr;
+    ok = ok && s->f;
+    for (size_t n; ok && (n = std::fread(buf.data(), 1, buf.size(), s->f)) > 0;) ok = write_all(f, buf.data(), n);
+  }
   int err = ok ? 0 : errno;
   if (std::fclose(f) != 0 && ok) {
     ok = false;
     err = errno;
   }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (ok && std::rename(tmp.c_str(), path_.c_str()) != 0) {
     ok = false;
     err = errno;
   }
+  discard();
   if (!ok) {
     std::remove(tmp.c_str());
-    MAMBACV_FAIL(path << ": cannot write safetensors file: " << std::strerror(err));
+    MAMBACV_FAIL(path_ << ": cannot write safetensors file: " << std::strerror(err));
   }
+}
+
+void save_safetensors(const std::string& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  SafetensorsWriter w(path);
+  for (const auto& [name, t] : tensors) w.add(name, t);  // name order
+  w.finish(metadata);
 }
 
 }  // namespace mambacv

@@ -82,6 +82,12 @@ struct ModelSummary {
   int64_t parameters = 0;
 };
 ModelSummary summarize_model(const ModelConfig& config);
+
+// A weights file's tensors as the model names them (`mambacv convert`): alternative upstream spellings and layouts
+// renamed / reshaped to the canonical ones (the names parameter_specs() lists), in the file's dtypes, strictly
+// matched: throws Error (prefixed with `source`) listing every missing, unexpected or misshapen tensor.
+TensorMap canonical_weights(const ModelConfig& config, const TensorMap& weights,
+                            const std::string& source = "weights");
 // Names of the shipped configs.
 std::vector<std::string> list_model_configs();
 // Class names for a model with `num_classes` outputs: the config's label file when it has exactly that many
@@ -113,10 +119,13 @@ class Model {
   int input_size() const;  // square input side of the config (img_size / 224)
   InputSpec input_spec() const;  // the eval transform for this model (size = input_size())
   int num_classes() const;  // 0 for backbones
+  // Class names from the config's label list (load_labels); empty when none has num_classes() entries.
+  const std::vector<std::string>& class_names() const;
 
   // x: (B, 3, H, W) normalised f32. Returns (B, num_classes) logits. Throws for backbones.
   Tensor classify(const Tensor& x) const;
-  // Named features, NCHW for maps: VMamba "stage.i" (after each stage, before downsampling), backbones
+  // Named features, NCHW for maps: VMamba "stage.i" (after each stage, before downsampling) and, for classifiers,
+  // "embedding" (B, C) (the pre-logits vector: classifier.norm, then the average over tokens); backbones
   // "features.i"; Vim "cls" (B, D) (the normed class token) and "tokens" (B, D, gh, gw) (normed token map).
   std::map<std::string, Tensor> features(const Tensor& x) const;
   // Every tensor the model can produce for `x`, named as in the golden fixtures (logits, features, features.i,
@@ -145,7 +154,20 @@ class Model {
   std::shared_ptr<const detail::Network> net_;
   Options opt_;
   std::shared_ptr<HostAllocator> alloc_;  // null: the process default
+  std::vector<std::string> class_names_;
 };
+
+// One class of a classification: its index, softmax probability and name ("" without labels).
+struct ClassScore {
+  int index = 0;
+  float prob = 0;
+  std::string label;
+};
+// Softmax (in double) over one row of n logits and its k most probable classes, best first, ties to the lower
+// index; names from `labels` when it has n entries. Throws Error for a non-finite logit (no probability exists).
+std::vector<ClassScore> top_k(const float* logits, int n, int k, const std::vector<std::string>& labels = {});
+// The same for every row of logits (B, classes) f32.
+std::vector<std::vector<ClassScore>> top_k(const Tensor& logits, int k, const std::vector<std::string>& labels = {});
 
 // Both scan cores on the same weights and input (MODELS.md §3.4), `mambacv check-cores`: for every tensor
 // forward_all produces, the difference between the cores in `dtype` and of each against an f32 run (core v0).

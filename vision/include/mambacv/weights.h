@@ -2,6 +2,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,39 @@ WeightFile load_safetensors(const std::string& path);
 // order. Throws Error naming the file on I/O failure.
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+// A safetensors file written as its tensors arrive, in bounded memory: data is spooled to PATH.part<k> files and
+// finish() writes the header and the spooled bytes to PATH (through PATH.tmp, renamed), then removes the spools.
+// add() takes a whole tensor; append_row() adds one row block to a stacked tensor (rows, ...row shape) whose rows
+// must all have one dtype and shape. Destroyed without finish(): the spools are removed and PATH is untouched.
+class SafetensorsWriter {
+ public:
+  explicit SafetensorsWriter(const std::string& path);
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  void add(const std::string& name, const Tensor& t);
+  void append_row(const std::string& name, const Tensor& t);
+  void finish(const std::map<std::string, std::string>& metadata = {});
+
+ private:
+  struct Spool;
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape row_shape;   // the whole tensor's shape, or a stacked tensor's row shape
+    int64_t rows;      // stacked tensors
+    uint64_t offset;   // whole tensors: byte offset in spool 0
+    size_t spool;      // 0: a whole tensor; k > 0: the stacked tensor's own spool
+  };
+  Spool& spool(size_t k);
+  void write_spool(Spool& s, const Tensor& t);
+  void discard();
+  std::string path_;
+  std::vector<std::unique_ptr<Spool>> spools_;
+  std::vector<Entry> entries_;
+  std::map<std::string, size_t> index_;
+};
 
 // Options of load_pth.
 struct PthOptions {
