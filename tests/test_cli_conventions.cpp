@@ -454,3 +454,33 @@ TEST(CliFeatures, StackedNpyAndShardsHoldTheSameRows) {
   for (const auto& e : fs::directory_iterator(dir))
     EXPECT_EQ(e.path().string().find(".part"), std::string::npos) << "spool left behind: " << e.path();
 }
+
+// A folder scan says what it skipped; --size changes the eval transform (the same as the API's with that size).
+TEST(CliConventions, FolderSkipsAreReportedAndSizeIsHonoured) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = temp_dir("folder_skips");
+  fs::copy_file(fixture("images/chelsea.png"), dir + "/cat.png");
+  std::ofstream(dir + "/notes.txt") << "x";
+  std::ofstream(dir + "/more.txt") << "y";
+  std::ofstream(dir + "/anim.gif") << "GIF89a";
+  const std::string m = " --model " + q(fixture("vim_mini.json"));
+  std::string out;
+  ASSERT_EQ(run("classify --json" + m + " " + q(dir), &out), 0) << out;
+  EXPECT_NE(out.find("skipped 3 file(s) that are not images by extension (.gif, .txt x2)"), std::string::npos)
+      << out;
+  int rc = -1;
+  const std::string at96 = stdout_only("classify --json --size 96" + m + " " + q(dir + "/cat.png"), &rc);
+  ASSERT_EQ(rc, 0) << at96;
+  const std::string at64 = stdout_only("classify --json" + m + " " + q(dir + "/cat.png"), &rc);
+  EXPECT_NE(at96, at64) << "--size must change the input";
+  const Model model = Model::load(fixture("vim_mini.json"), fixture("vim_mini.weights.safetensors"));
+  InputSpec spec = model.input_spec();
+  spec.size = 96;
+  const auto top = top_k(model.classify(preprocess(load_image(dir + "/cat.png"), spec)), 5, model.class_names());
+  const auto j = json_lines(at96).at(0);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(j["top"][i]["index"], top[0][i].index);
+    EXPECT_NEAR(j["top"][i]["prob"].get<double>(), top[0][i].prob, 1e-6);
+  }
+  EXPECT_EQ(run("classify --size 8" + m + " " + q(dir), &out), 2) << out;
+}

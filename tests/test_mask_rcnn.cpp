@@ -318,9 +318,10 @@ TEST(MaskRcnn, CliJsonReportsBrokenImagesAndDetectsTheRest) {
       EXPECT_EQ(r.h, im.height);
     }
   }
-  EXPECT_TRUE(fs::exists(draw + "/a_chelsea.jpg"));
+  EXPECT_TRUE(fs::exists(draw + "/a_chelsea.png")) << "PNG input is drawn as PNG";
   EXPECT_TRUE(fs::exists(draw + "/c_coffee.jpg"));
   EXPECT_FALSE(fs::exists(draw + "/b_broken.jpg"));
+  EXPECT_NE(out.find("a_chelsea.png -> " + draw + "/a_chelsea.png"), std::string::npos) << out;
 }
 
 }  // namespace

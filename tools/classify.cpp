@@ -14,16 +14,15 @@ namespace mambacv::cli {
 namespace {
 const char* kClassifyHelp =
     "usage: mambacv classify --model M --weights W [--topk 5] [--batch N] [--json] [--labels FILE] INPUT...\n"
-    "                        [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1] [--threads N]\n"
-    "                        [--check-finite]\n"
-    "                        [--random-weights]\n"
+    "                        [--random-weights] [--size S]\n"
     "INPUT: image files (PNG, JPEG, BMP, TIFF, WebP, ...), folders (searched recursively), @list.txt (one path\n"
     "per line, relative paths taken from the list's folder) or - (a list on standard input, relative to the\n"
     "working directory). --weights defaults to the config's own weights file where it names one (fixtures);\n"
-    "--random-weights runs without a checkpoint (outputs mean nothing; a warning says so). Images get the upstream eval transform (shorter side to size/0.875 with antialiased bicubic,\n"
-    "center crop, ImageNet mean/std). Prints the top-k classes with probabilities per image; --json prints one\n"
-    "object per line: {\"image\": PATH, \"top\": [{\"index\": I, \"label\": NAME, \"prob\": P}, ...]} or\n"
-    "{\"image\": PATH, \"error\": REASON}. Exit status 1 when any image failed.\n";
+    "--random-weights runs without a checkpoint (outputs mean nothing; a warning says so).\n"
+    "Images get the upstream eval transform (shorter side to S/0.875 with antialiased bicubic, center crop S,\n"
+    "ImageNet mean/std; S = --size, default the model's input size). Prints the top-k classes with probabilities\n"
+    "per image; --json prints one object per line: {\"image\": PATH, \"top\": [{\"index\": I, \"label\": NAME,\n"
+    "\"prob\": P}, ...]} or {\"image\": PATH, \"error\": REASON}. Exit status 1 when any image failed.\n";
 
 struct Item {
   std::string path;
@@ -34,7 +33,7 @@ struct Item {
 
 int cmd_classify(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
-  valued.insert({"model", "weights", "topk", "batch", "labels"});
+  valued.insert({"model", "weights", "topk", "batch", "labels", "size"});
   Args args("classify", argv, valued, {"json", "help", "check-finite", "random-weights"});
   if (args.has("help")) {
     std::fputs(kClassifyHelp, stdout);
@@ -64,8 +63,8 @@ int cmd_classify(const std::vector<std::string>& argv) {
                          "indices\n", args.get("labels").c_str(), labels.size(), model.num_classes());
     labels.clear();
   }
-  const InputSpec spec = model.input_spec();
-  std::vector<std::string> inputs = expand_inputs(args.positionals());
+  const InputSpec spec = input_spec_for(args, model);
+  std::vector<std::string> inputs = expand_inputs(args.positionals(), "classify");
   MAMBACV_CHECK(!inputs.empty(), "classify: the INPUT arguments hold no image files");
 
   int failed = 0;

@@ -78,6 +78,9 @@ class Args;
 std::string weights_for(const Args& args, const ModelConfig& cfg);
 // The warning --random-weights prints on stderr: outputs mean nothing, and where the real checkpoint is.
 void warn_random_weights(const char* command, const ModelConfig& cfg);
+// The eval transform of a classify / features run: the model's own, with --size S (the network input side; the
+// shorter image side is resized to S / crop_pct before the centre crop) when given.
+InputSpec input_spec_for(const Args& args, const Model& model);
 // One config's summary as JSON (`models --json`, `info --json`).
 nlohmann::ordered_json summary_json(const ModelSummary& s);
 // `bench --suite` (tools/bench_suite.cpp): the performance tables in one run.

@@ -1,5 +1,7 @@
 // mambacv detect: Mask R-CNN instance detection + segmentation of images (mmdetection test pipeline), boxes and masks
 // in original image pixels; text, JSON lines and drawings; per-image errors reported, the rest processed.
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -27,7 +29,8 @@ const char* kDetectHelp =
     "boxes and masks are mapped back to the original image. --score-thr overrides test_cfg.rcnn.score_thr.\n"
     "--json prints one object per line: {\"image\": PATH, \"width\": W, \"height\": H, \"detections\": [{\"label\": I,\n"
     "\"name\": S, \"score\": P, \"box\": [x1, y1, x2, y2], \"mask\": {\"size\": [H, W], \"counts\": COCO_RLE}}]} or\n"
-    "{\"image\": PATH, \"error\": REASON}. --draw DIR writes each image with boxes, labels and translucent masks.\n"
+    "{\"image\": PATH, \"error\": REASON}. --draw DIR writes each image with boxes, labels and translucent masks\n"
+    "(PNG input as PNG, the rest as JPEG; stderr names the file each input went to).\n"
     "--profile (or MAMBACV_PROFILE=1) prints the time of each part per image on stderr. Exit status 1 when any\n"
     "image failed.\n";
 
@@ -73,7 +76,9 @@ void draw(const std::string& path, const Image& image, const DetectionResult& r,
     std::snprintf(text, sizeof text, "%s %.2f", name.c_str(), it->score);
     int base = 0;
     cv::Size ts = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, font, 1, &base);
-    cv::Point org(p1.x, std::max(p1.y, ts.height + base));
+    // the label sits above the box's top-left corner, moved inside the image where it would leave it
+    cv::Point org(std::clamp(p1.x, 0, std::max(0, image.width - ts.width)),
+                  std::clamp(p1.y, ts.height + base, std::max(ts.height + base, image.height)));
     cv::rectangle(bgr, cv::Point(org.x, org.y - ts.height - base), cv::Point(org.x + ts.width, org.y), c, cv::FILLED);
     cv::putText(bgr, text, cv::Point(org.x, org.y - base), cv::FONT_HERSHEY_SIMPLEX, font, cv::Scalar(255, 255, 255), 1,
                 cv::LINE_AA);
@@ -121,7 +126,7 @@ int cmd_detect(const std::vector<std::string>& argv) {
   if (weights.empty()) warn_random_weights("detect", cfg);
   Detector det = weights.empty() ? Detector::random(cfg.path, opt) : Detector::load(cfg.path, weights, opt);
   const std::vector<std::string>& names = det.class_names();
-  std::vector<std::string> inputs = expand_inputs(args.positionals());
+  std::vector<std::string> inputs = expand_inputs(args.positionals(), "detect");
   MAMBACV_CHECK(!inputs.empty(), "detect: the INPUT arguments hold no image files");
 
   int failed = 0;
@@ -175,10 +180,16 @@ int cmd_detect(const std::vector<std::string>& argv) {
         ++timed;
       }
       if (!draw_dir.empty()) {
-        std::string stem = fs::path(path).stem().string(), name = stem + ".jpg";
-        for (int k = 1; drawn.count(name); ++k) name = stem + "_" + std::to_string(k) + ".jpg";
+        // PNG stays PNG (lossless), everything else is written as JPEG
+        std::string ext = fs::path(path).extension().string();
+        std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+        ext = ext == ".png" ? ".png" : ".jpg";
+        std::string stem = fs::path(path).stem().string(), name = stem + ext;
+        for (int k = 1; drawn.count(name); ++k) name = stem + "_" + std::to_string(k) + ext;
         drawn.insert(name);
-        draw((fs::path(draw_dir) / name).string(), image, r, names);
+        const std::string drawn_path = (fs::path(draw_dir) / name).string();
+        draw(drawn_path, image, r, names);
+        std::fprintf(stderr, "mambacv detect: %s -> %s\n", path.c_str(), drawn_path.c_str());
       }
     } catch (const std::exception& e) {
       ++failed;

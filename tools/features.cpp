@@ -17,7 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 const char* kFeaturesHelp =
     "usage: mambacv features --model M --weights W [--pool] [--batch N] INPUT... -o OUT\n"
-    "                        [--stack] [--format safetensors|npy] [--shard I/N] [--random-weights]\n"
+    "                        [--stack] [--format safetensors|npy] [--shard I/N] [--random-weights] [--size S]\n"
     "INPUT and --weights as for classify (files, folders, @list.txt, - for a list on stdin).\n"
     "Features: VMamba \"stage.0\"..\"stage.3\" (C, H, W) and \"embedding\" (C, the pre-logits vector), backbones\n"
     "\"features.0\"..\"features.3\", Vim \"cls\" (D) and \"tokens\" (D, gh, gw); --pool replaces every map by its global\n"
@@ -181,7 +181,7 @@ Tensor pool_one(const Tensor& t) {
 
 int cmd_features(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
-  valued.insert({"model", "weights", "batch", "output", "format", "shard"});
+  valued.insert({"model", "weights", "batch", "output", "format", "shard", "size"});
   Args args("features", argv, valued, {"pool", "help", "check-finite", "random-weights", "stack"});
   if (args.has("help")) {
     std::fputs(kFeaturesHelp, stdout);
@@ -224,8 +224,8 @@ int cmd_features(const std::vector<std::string>& argv) {
   const std::string weights = weights_for(args, cfg);
   if (weights.empty()) warn_random_weights("features", cfg);
   Model model = weights.empty() ? Model::random(cfg, opt, 1) : Model::load(cfg.path, weights, opt);
-  const InputSpec spec = model.input_spec();
-  std::vector<std::string> all = expand_inputs(args.positionals());
+  const InputSpec spec = input_spec_for(args, model);
+  std::vector<std::string> all = expand_inputs(args.positionals(), "features");
   MAMBACV_CHECK(!all.empty(), "features: the INPUT arguments hold no image files");
   // the I-th of N contiguous slices
   const size_t lo = all.size() * shard.first / shard.second, hi = all.size() * (shard.first + 1) / shard.second;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include "mambacv/error.h"
 #include "tools/commands.h"
@@ -39,7 +40,7 @@ void read_list(std::istream& f, const fs::path& base, std::vector<std::string>* 
 }
 }  // namespace
 
-std::vector<std::string> expand_inputs(const std::vector<std::string>& args) {
+std::vector<std::string> expand_inputs(const std::vector<std::string>& args, const char* command) {
   std::vector<std::string> out;
   bool stdin_read = false;
   for (const std::string& a : args) {
@@ -57,9 +58,24 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& args) {
       std::vector<std::string> found;
       fs::recursive_directory_iterator it(a, fs::directory_options::skip_permission_denied, ec), end;
       MAMBACV_CHECK(!ec, "input folder " << a << ": " << ec.message());
+      std::map<std::string, int> skipped;  // extension -> files
       for (; it != end; it.increment(ec)) {
         if (ec) break;
-        if (it->is_regular_file(ec) && has_image_extension(it->path())) found.push_back(it->path().string());
+        if (!it->is_regular_file(ec)) continue;
+        if (has_image_extension(it->path()))
+          found.push_back(it->path().string());
+        else
+          ++skipped[it->path().extension().empty() ? "(none)" : it->path().extension().string()];
+      }
+      if (!skipped.empty()) {
+        int n = 0;
+        std::string exts;
+        for (const auto& [e, k] : skipped) {
+          n += k;
+          exts += (exts.empty() ? "" : ", ") + e + (k > 1 ? " x" + std::to_string(k) : "");
+        }
+        std::fprintf(stderr, "mambacv %s: folder %s: skipped %d file(s) that are not images by extension (%s)\n",
+                     command, a.c_str(), n, exts.c_str());
       }
       std::sort(found.begin(), found.end());
       out.insert(out.end(), found.begin(), found.end());

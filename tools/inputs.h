@@ -11,9 +11,9 @@ namespace mambacv::cli {
 // without an image extension are skipped), @FILE becomes the non-empty lines of FILE that do not start with '#'
 // (relative paths are taken relative to FILE's folder, so a list travels with its dataset), "-" or "@-" the lines
 // of standard input (relative to the working directory), anything else is kept as given (a missing file is
-// reported when it is read).
-// Throws Error for an unreadable @list or folder.
-std::vector<std::string> expand_inputs(const std::vector<std::string>& args);
+// reported when it is read). A folder's skipped files are reported on stderr by `command`: how many and their
+// extensions. Throws Error for an unreadable @list or folder.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& args, const char* command = "mambacv");
 
 // A progress bar on stderr, drawn only when stderr is a terminal and there is more than one step.
 class Progress {

@@ -54,6 +54,16 @@ void warn_random_weights(const char* command, const ModelConfig& cfg) {
                cfg.checkpoint_url.empty() ? "" : " (from ", cfg.checkpoint_url.empty() ? "" : (cfg.checkpoint_url + ")").c_str());
 }
 
+InputSpec input_spec_for(const Args& args, const Model& model) {
+  InputSpec spec = model.input_spec();
+  if (args.has("size")) {
+    spec.size = args.get_int("size", spec.size);
+    MAMBACV_USAGE_CHECK(spec.size >= 16 && spec.size <= 4096,
+                        "--size: expected 16 to 4096 pixels, got " << args.get("size"));
+  }
+  return spec;
+}
+
 int cmd_models(const std::vector<std::string>& argv) {
   Args args("models", argv, {}, {"json", "help"});
   if (args.has("help")) {
