@@ -30,22 +30,25 @@ case "$mode" in
     bundle="${2:-build-cuda/gpu-bundle}"
     export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+    logs="${GPU_CHECK_LOGS:-$bundle/logs}"  # where the logs go (set it where the bundle is read-only)
+    mkdir -p "$logs"
     rows=()
     status=0
     for t in "$bundle"/test_cuda_*; do
+      [ -f "$t" ] && [ -x "$t" ] || continue
       name="$(basename "$t")"
-      if "$t" --gtest_brief=1 > "$bundle/$name.log" 2>&1; then r="pass"; else r="FAIL"; status=1; fi
-      skipped="$(grep -c '\[  SKIPPED \]' "$bundle/$name.log" || true)"
-      worst="$(grep -o 'worst relative L2 cuda vs reference: [0-9.e+-]*' "$bundle/$name.log" | tail -1 | awk '{print $NF}')"
-      tail -5 "$bundle/$name.log"
-      rows+=("| $name | $r | ${skipped} skipped | worst rel L2 ${worst:-n/a} |")
+      if "$t" --gtest_brief=1 > "$logs/$name.log" 2>&1; then r="pass"; else r="FAIL"; status=1; fi
+      skipped="$(grep -o '\[  SKIPPED \] [0-9]* test' "$logs/$name.log" | awk '{print $4}' | tail -1 || true)"
+      worst="$(grep -o 'worst relative L2 cuda vs reference: [0-9.e+-]*' "$logs/$name.log" | tail -1 | awk '{print $NF}' || true)"
+      tail -5 "$logs/$name.log"
+      rows+=("| $name | $r | ${skipped:-0} skipped | worst rel L2 ${worst:-n/a} |")
     done
     sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
     if [ -x "$sanitizer" ]; then
       if "$sanitizer" --tool memcheck --error-exitcode 3 "$bundle/test_cuda_scan" \
           --gtest_filter='CudaScan.MatchesReferenceModelShapes:CudaScan.MatchesReferenceEveryStateSize' \
-          > "$bundle/memcheck.log" 2>&1; then m="clean"; else m="ERRORS (see $bundle/memcheck.log)"; status=1; fi
-      tail -3 "$bundle/memcheck.log"
+          > "$logs/memcheck.log" 2>&1; then m="clean"; else m="ERRORS (see $logs/memcheck.log)"; status=1; fi
+      tail -3 "$logs/memcheck.log"
       rows+=("| memcheck (scan) | $m | | |")
     else
       rows+=("| memcheck (scan) | not run: no compute-sanitizer | | |")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mambacv builds against (Debian 12 or later). Run as root or with sudo available.
 set -euo pipefail
-# clang, libclang-rt-dev and libomp-dev: the libFuzzer targets (tests/fuzz, the fuzz.short test)
+# clang, libclang-rt-dev and libomp-dev (with its Archer tool): the sanitizer jobs (tools/sanitize.sh) and the
+# libFuzzer targets (tests/fuzz)
 pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev
       clang libclang-rt-dev libomp-dev)
 missing=()
