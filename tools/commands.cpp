@@ -13,6 +13,7 @@ const std::vector<Command>& commands() {
       {"detect", cmd_detect},
       {"models", cmd_models},
       {"convert", cmd_convert},
+      {"serve", cmd_serve},
   };
   return all;
 }

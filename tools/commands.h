@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "mambacv/detection.h"
 #include "mambacv/mambacv.h"
 
 namespace mambacv::cli {
@@ -29,6 +30,7 @@ int cmd_detect(const std::vector<std::string>& args);
 int cmd_check_cores(const std::vector<std::string>& args);
 int cmd_models(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);
+int cmd_serve(const std::vector<std::string>& args);
 
 // JSON text of j for output: bytes that are not valid UTF-8 (file names, labels) become U+FFFD instead of an
 // exception, so one odd name never costs the other results (tools/machine.cpp).
@@ -81,6 +83,9 @@ void warn_random_weights(const char* command, const ModelConfig& cfg);
 // The eval transform of a classify / features run: the model's own, with --size S (the network input side; the
 // shorter image side is resized to S / crop_pct before the centre crop) when given.
 InputSpec input_spec_for(const Args& args, const Model& model);
+// One detection result as `detect --json` prints it (without the image path): {"width", "height", "detections":
+// [{"label", "name", "score", "box", "mask": {"size": [h, w], "counts": COCO RLE}}]} (tools/detect.cpp).
+nlohmann::ordered_json detections_json(const DetectionResult& r, const std::vector<std::string>& names, bool masks);
 // One config's summary as JSON (`models --json`, `info --json`).
 nlohmann::ordered_json summary_json(const ModelSummary& s);
 // `bench --suite` (tools/bench_suite.cpp): the performance tables in one run.

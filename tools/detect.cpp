@@ -87,6 +87,25 @@ void draw(const std::string& path, const Image& image, const DetectionResult& r,
 }
 }  // namespace
 
+nlohmann::ordered_json detections_json(const DetectionResult& r, const std::vector<std::string>& names, bool masks) {
+  nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+  for (const Detection& d : r.detections) {
+    nlohmann::ordered_json e;
+    e["label"] = d.label;
+    e["name"] = d.label < static_cast<int>(names.size()) ? nlohmann::ordered_json(names[d.label])
+                                                         : nlohmann::ordered_json(nullptr);
+    e["score"] = d.score;
+    e["box"] = {d.box[0], d.box[1], d.box[2], d.box[3]};
+    if (masks) e["mask"] = nlohmann::ordered_json{{"size", {d.mask.height, d.mask.width}}, {"counts", d.mask.coco_string()}};
+    arr.push_back(e);
+  }
+  nlohmann::ordered_json o;
+  o["width"] = r.width;
+  o["height"] = r.height;
+  o["detections"] = arr;
+  return o;
+}
+
 int cmd_detect(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
   valued.insert({"model", "weights", "score-thr", "draw", "max-size"});
@@ -140,23 +159,9 @@ int cmd_detect(const std::vector<std::string>& argv) {
       Image image = load_image(path);
       DetectionResult r = det.detect(image, dopt);
       if (json) {
-        nlohmann::ordered_json arr = nlohmann::ordered_json::array();
-        for (const Detection& d : r.detections) {
-          nlohmann::ordered_json e;
-          e["label"] = d.label;
-          e["name"] = d.label < static_cast<int>(names.size()) ? nlohmann::ordered_json(names[d.label])
-                                                               : nlohmann::ordered_json(nullptr);
-          e["score"] = d.score;
-          e["box"] = {d.box[0], d.box[1], d.box[2], d.box[3]};
-          if (dopt.masks)
-            e["mask"] = nlohmann::ordered_json{{"size", {d.mask.height, d.mask.width}}, {"counts", d.mask.coco_string()}};
-          arr.push_back(e);
-        }
         nlohmann::ordered_json o;
         o["image"] = path;
-        o["width"] = r.width;
-        o["height"] = r.height;
-        o["detections"] = arr;
+        o.update(detections_json(r, names, dopt.masks));
         std::printf("%s\n", json_text(o).c_str());
       } else {
         std::printf("%s  %dx%d  %zu detection(s)\n", path.c_str(), r.width, r.height, r.detections.size());

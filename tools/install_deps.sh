@@ -2,9 +2,12 @@
 # Installs the Debian packages mambacv builds against (Debian 12 or later). Run as root or with sudo available.
 set -euo pipefail
 # clang, libclang-rt-dev and libomp-dev (with its Archer tool): the sanitizer jobs (tools/sanitize.sh) and the
-# libFuzzer targets (tests/fuzz)
+# libFuzzer targets (tests/fuzz); libcpp-httplib-dev: `mambacv serve`; wrk, curl: its load benchmark
+# (tools/serve_bench.sh)
+# pybind11-dev, python3-dev, python3-numpy, python3-pytest: the Python module (-DMAMBACV_PYTHON=ON) and its tests
 pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev
-      clang libclang-rt-dev libomp-dev)
+      clang libclang-rt-dev libomp-dev libcpp-httplib-dev wrk curl
+      pybind11-dev python3-dev python3-numpy python3-pytest)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,7 @@ void usage(FILE* f) {
                "  detect INPUT...       instance detection + masks (Mask R-CNN): boxes, labels, scores, COCO RLE\n"
                "  bench                 latency / throughput beside the machine's measured FMA peak and GEMM rate\n"
                "  convert --model M IN OUT.safetensors  a checkpoint as safetensors (model tensors only, --dtype)\n"
+               "  serve --model M ...   models behind the Open Inference Protocol (KServe v2) over HTTP\n"
                "  info                  what a model is: task, parameters, FLOPs, output shapes; checks a weights file\n"
                "  verify FIXTURE.json   run a golden fixture and compare every tensor the model produces\n"
                "  check-cores --model M run both scan cores on one input: differences between them and to f32\n"

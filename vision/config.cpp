@@ -14,12 +14,31 @@
 namespace mambacv {
 namespace fs = std::filesystem;
 
+// The folder of the configs this library ships with, as text after a marker, ended by a newline or NUL. Built, it
+// names the source tree's configs/. `cmake --install` (cmake/install_config_dir.cmake) writes
+// <prefix>/share/mambacv/configs over it in the installed copies of the library and the command line, with the
+// prefix that install went to, so an installed library finds its configs wherever it was installed.
+extern char shipped_config_dir_record[4096];
+#ifndef MAMBACV_CONFIG_DIR
+#define MAMBACV_CONFIG_DIR ""
+#endif
+char shipped_config_dir_record[4096] = "mambacv-shipped-config-dir:" MAMBACV_CONFIG_DIR "\n";
+
 namespace {
-// Where named configs are looked up, in order: $MAMBACV_CONFIG_DIR; <prefix>/share/mambacv/configs next to the
-// running program (an installed, relocated tree: <prefix>/bin/mambacv); the source tree the library was built from
-// (a build-tree program); the configured install folder.
+// Where named configs are looked up, in order: set_config_dirs' list; $MAMBACV_CONFIG_DIR; <prefix>/share/mambacv/
+// configs next to the running program (<prefix>/bin/mambacv); the folder this library ships with (above).
 std::mutex g_dirs_mutex;
 std::vector<std::string> g_user_dirs;  // set_config_dirs
+
+fs::path shipped_config_dir() {
+  constexpr std::size_t marker = sizeof("mambacv-shipped-config-dir:") - 1;
+  // read through volatile: the bytes change after compilation, so they must not be folded into constants
+  const volatile char* record = shipped_config_dir_record;
+  std::string dir;
+  for (std::size_t i = marker; i < sizeof(shipped_config_dir_record) && record[i] != '\0' && record[i] != '\n'; ++i)
+    dir += record[i];
+  return dir;
+}
 
 std::vector<fs::path> config_dirs() {
   std::vector<fs::path> dirs;
@@ -31,12 +50,8 @@ std::vector<fs::path> config_dirs() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) dirs.push_back(exe.parent_path().parent_path() / "share" / "mambacv" / "configs");
-#ifdef MAMBACV_CONFIG_DIR
-  dirs.emplace_back(MAMBACV_CONFIG_DIR);
-#endif
-#ifdef MAMBACV_INSTALL_CONFIG_DIR
-  dirs.emplace_back(MAMBACV_INSTALL_CONFIG_DIR);
-#endif
+  const fs::path shipped = shipped_config_dir();
+  if (!shipped.empty()) dirs.push_back(shipped);
   return dirs;
 }
 

@@ -1,5 +1,5 @@
-// mambacv/scan_core.h - the two VMamba scan cores (MODELS.md §3.4): the same function, different rounding points in
-// reduced precision. Owned by ssm/ (ssm/precision.h maps a core and a compute dtype to the rounding policy).
+// mambacv/scan_core.h - the two VMamba scan cores, v0 and v1: the same function, different rounding
+// points in reduced precision. The library maps a core and a compute dtype to its rounding policy.
 #pragma once
 
 #include <string>

@@ -1,5 +1,5 @@
 // mambacv/detection.h - instance detection and segmentation: Mask R-CNN + FPN on a VMamba backbone (mmdetection 2.11
-// test path, ../shared/docs/MODELS.md §6).
+// test path).
 //
 //   auto det = mambacv::Detector::load("mask_rcnn_vmamba_tiny", "mask_rcnn_vssm_fpn_coco_tiny.pth");
 //   mambacv::DetectionResult r = det.detect(mambacv::load_image("street.jpg"));

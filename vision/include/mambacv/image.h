@@ -83,7 +83,7 @@ Image resize_and_center_crop(const Image& image, int size, int crop);
 // ToTensor + Normalize: (v / 255 - mean) / std in float32 -> (1, 3, H, W).
 Tensor image_to_tensor(const Image& image, const std::array<float, 3>& mean, const std::array<float, 3>& std);
 
-// ---- detection input (mmdetection test pipeline, MODELS.md section 6)
+// ---- detection input (mmdetection's test pipeline)
 // ----------------------------------------
 struct RescaledSize {
   int width = 0;

@@ -66,8 +66,8 @@ struct ModelConfig {
 // "vim_tiny.json" that is not a file in the working directory also names the shipped one).
 ModelConfig load_model_config(const std::string& name_or_path);
 // Folders named configs are looked up in, in order: set_config_dirs' list, $MAMBACV_CONFIG_DIR, the installed
-// share/mambacv/configs beside the running program, the source tree the library was built from, the configured
-// install prefix.
+// share/mambacv/configs beside the running program, then the library's own configs: share/mambacv/configs of the
+// prefix an installed library was installed to (the source tree's configs/ for a library in its build tree).
 std::vector<std::string> config_search_path();
 // Puts `dirs` first in the config search path of this process (e.g. an application's own config folder).
 void set_config_dirs(const std::vector<std::string>& dirs);
@@ -169,7 +169,7 @@ std::vector<ClassScore> top_k(const float* logits, int n, int k, const std::vect
 // The same for every row of logits (B, classes) f32.
 std::vector<std::vector<ClassScore>> top_k(const Tensor& logits, int k, const std::vector<std::string>& labels = {});
 
-// Both scan cores on the same weights and input (MODELS.md §3.4), `mambacv check-cores`: for every tensor
+// Both scan cores on the same weights and input (mambacv/scan_core.h), `mambacv check-cores`: for every tensor
 // forward_all produces, the difference between the cores in `dtype` and of each against an f32 run (core v0).
 struct CoreCheckRow {
   std::string tensor;   // "stage.0", "logits", "features", ...

@@ -1,0 +1,57 @@
+# Part of `cmake --install` (CMakeLists.txt): writes <prefix>/share/mambacv/configs, with the prefix this install goes
+# to, into the installed library and command line, over the folder vision/config.cpp records after its marker
+# ("mambacv-shipped-config-dir:", then the folder and a newline, in a 4096-byte array). The files keep their size.
+#   MAMBACV_PATCH_FILES     installed files that must hold the record (relative to the prefix)
+#   MAMBACV_PATCH_OPTIONAL  installed files patched when they hold it (a command line linked to a shared library
+#                           does not)
+#   MAMBACV_PATCH_CONFIG_DIR  the configs folder relative to the prefix
+# DESTDIR is honoured: the files are found under it, the recorded folder is the one without it.
+set(_marker "mambacv-shipped-config-dir:")
+set(_capacity 4096)
+get_filename_component(_prefix "${CMAKE_INSTALL_PREFIX}" ABSOLUTE)
+set(_dir "${_prefix}/${MAMBACV_PATCH_CONFIG_DIR}")
+string(LENGTH "${_marker}" _marker_len)
+string(LENGTH "${_dir}" _dir_len)
+math(EXPR _room "${_capacity} - ${_marker_len} - 2")
+if(_dir_len GREATER _room)
+  message(FATAL_ERROR "mambacv: install prefix too long to record (${_dir_len} > ${_room} characters): ${_dir}")
+endif()
+string(HEX "${_marker}" _marker_hex)
+string(TOLOWER "${_marker_hex}" _marker_hex)
+
+foreach(_file IN LISTS MAMBACV_PATCH_FILES MAMBACV_PATCH_OPTIONAL)
+  set(_path "$ENV{DESTDIR}${_prefix}/${_file}")
+  if(NOT EXISTS "${_path}")
+    message(FATAL_ERROR "mambacv: ${_path} was not installed")
+  endif()
+  file(READ "${_path}" _hex HEX)
+  string(FIND "${_hex}" "${_marker_hex}" _at)
+  # a match must start on a byte (an even hex offset) and be the only one
+  set(_found OFF)
+  if(_at GREATER_EQUAL 0)
+    math(EXPR _odd "${_at} % 2")
+    string(SUBSTRING "${_hex}" ${_at} -1 _rest)
+    string(LENGTH "${_marker_hex}" _marker_hex_len)
+    string(SUBSTRING "${_rest}" ${_marker_hex_len} -1 _rest)
+    string(FIND "${_rest}" "${_marker_hex}" _again)
+    if(NOT _odd EQUAL 0 OR _again GREATER_EQUAL 0)
+      message(FATAL_ERROR "mambacv: ${_path}: the config folder record is ambiguous")
+    endif()
+    set(_found ON)
+  endif()
+  if(NOT _found)
+    list(FIND MAMBACV_PATCH_FILES "${_file}" _required)
+    if(_required GREATER_EQUAL 0)
+      message(FATAL_ERROR "mambacv: ${_path} holds no config folder record")
+    endif()
+    continue()
+  endif()
+  math(EXPR _offset "${_at} / 2 + ${_marker_len}")
+  execute_process(COMMAND printf "%s\\n" "${_dir}"
+                  COMMAND dd "of=${_path}" bs=1 "seek=${_offset}" conv=notrunc status=none
+                  RESULTS_VARIABLE _rc ERROR_VARIABLE _err)
+  if(NOT _rc STREQUAL "0;0")
+    message(FATAL_ERROR "mambacv: could not write the config folder into ${_path}: ${_err}")
+  endif()
+  message(STATUS "Recorded: ${_dir} in ${_path}")
+endforeach()
