@@ -482,6 +482,8 @@ TEST(Serve, HostileRequestsAreRefusedAndTheServerKeepsServing) {
       {R"({"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":["a"]}]})", 400, "expected a number"},
       {R"({"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["***"]}]})", 400, "not base64"},
       {R"({"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["aGVsbG8="]}]})", 400, "image[0]"},
+      {R"({"inputs":[{"name":"image","datatype":"BYTES","shape":[9],"data":["aA==","aA==","aA==","aA==","aA==","aA==","aA==","aA==","aA=="]}]})",
+       400, "9 images, more than the server's --max-batch 8"},
       {in1 + R"(,"outputs":[{"name":"boxes"}]})", 400, "unknown output 'boxes'"},
       {in1 + R"(,"outputs":[{"name":"cls","parameters":{"classification":2}}]})", 400, "applies to 'logits' only"},
       {R"({"inputs":[)" + x1 + R"(,"parameters":{"binary_data_size":49152}}]})", 400,
@@ -542,10 +544,22 @@ TEST(Serve, HostileRequestsAreRefusedAndTheServerKeepsServing) {
     char buf[512] = {0};
     pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, 10000) > 0) (void)!read(fd, buf, sizeof buf - 1);
-    close(fd);
     if (!truncated) {
       EXPECT_NE(std::string(buf).find(" 413 "), std::string::npos) << "[" << buf << "]";
+      // and the connection is closed: the unread body is never taken for a next request
+      std::string more;
+      for (int i = 0; i < 50; ++i) {
+        if (poll(&p, 1, 100) <= 0) continue;
+        const ssize_t n = read(fd, buf, sizeof buf - 1);
+        if (n <= 0) {
+          more += "<closed>";
+          break;
+        }
+        more.append(buf, static_cast<size_t>(n));
+      }
+      EXPECT_NE(more.find("<closed>"), std::string::npos) << more;
     }
+    close(fd);
   }
   // still serving
   r = c.Post(url, json_request(test::random_tensor({1, 3, 64, 64}, 4)), "application/json");
@@ -556,7 +570,7 @@ TEST(Serve, HostileRequestsAreRefusedAndTheServerKeepsServing) {
 TEST(Serve, AFullQueueAnswers503AtOnce) {
   MAMBACV_REQUIRE_FIXTURES();
   std::vector<std::string> args = vim_mini_args();
-  args.insert(args.end(), {"--max-batch", "1", "--max-delay-ms", "0", "--max-queue", "1"});
+  args.insert(args.end(), {"--max-batch", "48", "--max-delay-ms", "0", "--max-queue", "1"});
   ServerProcess srv(args);
   Tensor x = test::random_tensor({48, 3, 64, 64}, 9);  // a slow request: 48 images per forward
   size_t hl = 0;
@@ -600,7 +614,7 @@ TEST(Serve, AFullQueueAnswers503AtOnce) {
 TEST(Serve, SigtermFinishesTheRequestsInFlight) {
   MAMBACV_REQUIRE_FIXTURES();
   std::vector<std::string> args = vim_mini_args();
-  args.insert(args.end(), {"--max-batch", "1", "--max-delay-ms", "0"});
+  args.insert(args.end(), {"--max-batch", "32", "--max-delay-ms", "0"});
   ServerProcess srv(args);
   Tensor x = test::random_tensor({32, 3, 64, 64}, 21);
   size_t hl = 0;
@@ -614,11 +628,13 @@ TEST(Serve, SigtermFinishesTheRequestsInFlight) {
       status[i] = r ? r->status : -1;
     });
   // SIGTERM once one request runs and the others wait
-  for (int i = 0; i < 400; ++i) {
+  bool waiting = false;
+  for (int i = 0; i < 2000 && !waiting; ++i) {
     auto r = srv.client().Get("/metrics");
-    if (r && metric(r->body, "mambacv_queue_depth{model=\"vim_mini\"}") >= kClients - 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    waiting = r && metric(r->body, "mambacv_queue_depth{model=\"vim_mini\"}") >= kClients - 1;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  ASSERT_TRUE(waiting) << "the requests were never in flight together";
   ASSERT_EQ(kill(srv.pid(), SIGTERM), 0);
   for (auto& t : threads) t.join();
   for (int i = 0; i < kClients; ++i) EXPECT_EQ(status[i], 200) << "request " << i;

@@ -1,7 +1,11 @@
 // mambacv serve: models behind the Open Inference Protocol (KServe v2) over HTTP (cpp-httplib), with dynamic
 // batching per model, Prometheus metrics and a graceful SIGTERM.
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,7 +42,7 @@ using ojson = nlohmann::ordered_json;
 const char* kServeHelp =
     "usage: mambacv serve --model M (--weights W | --random-weights) [--name N] [--model M2 --weights W2 ...]\n"
     "                     [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--max-delay-ms 5] [--max-queue 32]\n"
-    "                     [--max-request-mb 64] [--http-threads 64] [--log] [model options]\n"
+    "                     [--max-request-mb 64] [--max-json-mb 16] [--http-threads 64] [--log] [model options]\n"
     "Serves each model under its config's name (or --name, which follows its --model) with the Open Inference\n"
     "Protocol v2 (KServe, Triton, Seldon MLServer):\n"
     "  GET  /v2/health/live, /v2/health/ready (200 once every model is loaded, 400 before and while draining)\n"
@@ -49,7 +54,8 @@ const char* kServeHelp =
     "(detectors: the detect pipeline). Outputs: \"logits\" (parameters.classification K gives \"score:index:label\"\n"
     "strings), the feature names of 'mambacv features', \"detections\" (detectors: one JSON text per image).\n"
     "Requests for a model are batched up to --max-batch images or --max-delay-ms; more than --max-queue waiting\n"
-    "requests answer 503, bodies over --max-request-mb 413. SIGTERM / SIGINT: stop accepting, finish the requests\n"
+    "requests answer 503, bodies over --max-request-mb (JSON over --max-json-mb) 413; a request holds at most\n"
+    "--max-batch images. SIGTERM / SIGINT: stop accepting, finish the requests\n"
     "in flight, exit 0. --port 0 picks a free port; the address is printed on stdout once listening.\n";
 
 int g_signal_pipe[2] = {-1, -1};
@@ -57,6 +63,9 @@ extern "C" void on_stop_signal(int sig) {
   const unsigned char b = static_cast<unsigned char>(sig);
   (void)!write(g_signal_pipe[1], &b, 1);
 }
+
+// The longest a request body may take to arrive (httplib's read timeout restarts with every byte).
+constexpr double kMaxBodySeconds = 120;
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
@@ -75,6 +84,7 @@ struct Histogram {
     ++n;
   }
   void write(std::ostringstream& os, const std::string& name, const std::string& labels) const {
+    os.precision(17);
     uint64_t cum = 0;
     for (size_t i = 0; i <= bounds.size(); ++i) {
       cum += counts[i];
@@ -145,6 +155,14 @@ class Batcher {
     std::lock_guard<std::mutex> lk(mu_);
     return static_cast<int>(queue_.size());
   }
+  // Runs what is queued without waiting for batches to fill (draining); new jobs are still taken.
+  void flush() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      flushing_ = true;
+    }
+    cv_.notify_all();
+  }
   // Runs what is queued, then ends the worker.
   void stop() {
     {
@@ -177,7 +195,7 @@ class Batcher {
       cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
       const double deadline = queue_.front().enqueued + max_delay_s_;
-      while (!stopping_ && compatible_rows() < max_batch_ && now() < deadline && queue_.front().job->input.defined())
+      while (!stopping_ && !flushing_ && compatible_rows() < max_batch_ && now() < deadline && queue_.front().job->input.defined())
         cv_.wait_for(lk, std::chrono::duration<double>(std::max(0.0, deadline - now())));
       // the front job and every later one that fits its batch, in arrival order
       std::vector<std::unique_ptr<Job>> batch;
@@ -235,17 +253,21 @@ class Batcher {
             batch[i] = std::move(one[0]);
             results[i] = std::move(r[0]);
           }
-          rows = 1;
+          rows = 0;  // each job ran as its own forward
         }
       }
     }
     {
       std::lock_guard<std::mutex> ml(metrics_->mu);
-      metrics_->batch.observe(static_cast<double>(rows));
+      if (rows > 0) {
+        metrics_->batch.observe(static_cast<double>(rows));
+      } else {
+        for (auto& j : batch) metrics_->batch.observe(static_cast<double>(j->rows()));
+      }
       metrics_->infer_seconds.observe(now() - t0);
     }
     for (size_t i = 0; i < batch.size(); ++i) {
-      results[i].batch_rows = static_cast<int>(rows);
+      results[i].batch_rows = static_cast<int>(rows > 0 ? rows : batch[i]->rows());
       batch[i]->done.set_value(std::move(results[i]));
     }
   }
@@ -313,6 +335,7 @@ class Batcher {
   std::condition_variable cv_;
   std::deque<Pending> queue_;
   bool stopping_ = false;
+  bool flushing_ = false;
   std::thread worker_;  // last: starts after the members it reads
 };
 
@@ -368,9 +391,9 @@ ojson model_metadata(const ServedModel& m, DType dtype) {
   j["platform"] = "mambacv_" + m.cfg.arch;
   ojson inputs = ojson::array();
   if (!m.detector) {
-    std::set<std::string> types = {"FP32", wire_datatype(dtype)};
-    for (const std::string& t : types)
-      inputs.push_back({{"name", "input"}, {"datatype", t}, {"shape", {-1, 3, m.spec.size, m.spec.size}}});
+    ojson in = {{"name", "input"}, {"datatype", "FP32"}, {"shape", {-1, 3, m.spec.size, m.spec.size}}};
+    if (dtype != DType::F32) in["parameters"] = {{"also_accepts", wire_datatype(dtype)}};
+    inputs.push_back(in);
   }
   inputs.push_back({{"name", "image"}, {"datatype", "BYTES"}, {"shape", {-1}}});
   j["inputs"] = inputs;
@@ -415,7 +438,37 @@ void load_model(ServedModel& m, const ModelArgs& ma, const Options& opt, int max
 }
 
 // The request's tensors as one job for `m`, checked against what the model takes (HttpError 400 otherwise).
-std::unique_ptr<Job> make_job(const ServedModel& m, const InferRequest& req, DType dtype,
+// Bounds how many images are decoded at once (each may take up to 400 MB decoded), whatever the HTTP threads.
+class DecodeSlots {
+ public:
+  explicit DecodeSlots(int n) : free_(n) {}
+  void acquire() {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return free_ > 0; });
+    --free_;
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++free_;
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int free_;
+};
+DecodeSlots& decode_slots() {
+  static DecodeSlots slots(static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
+  return slots;
+}
+
+// Decoded pixels one detector request may hold (its images wait in the queue decoded; masks come back at their size).
+constexpr int64_t kMaxDetectorRequestPixels = int64_t{64} << 20;
+
+std::unique_ptr<Job> make_job(const ServedModel& m, const InferRequest& req, DType dtype, int max_batch,
                               std::vector<RequestedOutput>* outputs) {
   auto job = std::make_unique<Job>();
   if (req.inputs.size() != 1)
@@ -450,17 +503,30 @@ std::unique_ptr<Job> make_job(const ServedModel& m, const InferRequest& req, DTy
   if (in.name == "image") {
     if (in.datatype != "BYTES") throw HttpError(400, "input 'image': expected datatype BYTES (encoded image files), got " + in.datatype);
     if (in.bytes.empty()) throw HttpError(400, "input 'image': no images (shape holds 0 elements)");
+    if (static_cast<int>(in.bytes.size()) > max_batch)
+      throw HttpError(400, "input 'image': " + std::to_string(in.bytes.size()) + " images, more than the server's "
+                           "--max-batch " + std::to_string(max_batch) + "; split the request");
     std::vector<Tensor> rows;
+    int64_t pixels = 0;
     for (size_t i = 0; i < in.bytes.size(); ++i) {
       const std::string what = "image[" + std::to_string(i) + "]";
       Image im;
+      decode_slots().acquire();
       try {
         im = decode_image(in.bytes[i].data(), in.bytes[i].size(), what);
+        if (!m.detector) rows.push_back(preprocess(im, m.spec));
       } catch (const std::exception& e) {
+        decode_slots().release();
         throw HttpError(400, "input 'image': " + std::string(e.what()));
       }
-      if (m.detector) job->images.push_back(std::move(im));
-      else rows.push_back(preprocess(im, m.spec));
+      decode_slots().release();
+      if (m.detector) {
+        pixels += static_cast<int64_t>(im.width) * im.height;
+        if (pixels > kMaxDetectorRequestPixels)
+          throw HttpError(400, "input 'image': the images hold more than " +
+                                   std::to_string(kMaxDetectorRequestPixels >> 20) + " Mpixel; send fewer per request");
+        job->images.push_back(std::move(im));
+      }
     }
     if (!m.detector) job->input = rows.size() == 1 ? rows[0] : stack_batch(rows);
   } else if (in.name == "input") {
@@ -471,6 +537,9 @@ std::unique_ptr<Job> make_job(const ServedModel& m, const InferRequest& req, DTy
                                "' computes in; send FP32" + (dtype == DType::F32 ? "" : std::string(" or ") + wire_datatype(dtype)));
     if (in.shape.size() != 4 || in.shape[0] < 1 || in.shape[1] != 3 || in.shape[2] < 1 || in.shape[3] < 1)
       throw HttpError(400, "input 'input': expected shape (N, 3, H, W) with N >= 1, got " + in.tensor.str());
+    if (in.shape[0] > max_batch)
+      throw HttpError(400, "input 'input': " + std::to_string(in.shape[0]) + " images, more than the server's "
+                           "--max-batch " + std::to_string(max_batch) + "; split the request");
     if (in.shape[2] > 4096 || in.shape[3] > 4096)
       throw HttpError(400, "input 'input': H and W up to 4096 are accepted, got " + in.tensor.str());
     job->input = in.tensor;
@@ -543,7 +612,7 @@ std::string metrics_text(Server& s) {
   }
   os << "# HELP mambacv_queue_depth Requests waiting for a forward pass.\n# TYPE mambacv_queue_depth gauge\n";
   for (auto& m : s.models)
-    os << "mambacv_queue_depth{model=\"" << m->name << "\"} " << (m->batcher ? m->batcher->depth() : 0) << "\n";
+    os << "mambacv_queue_depth{model=\"" << m->name << "\"} " << (s.loaded ? m->batcher->depth() : 0) << "\n";
   os << "# HELP mambacv_http_responses_total HTTP responses by status code.\n"
         "# TYPE mambacv_http_responses_total counter\n";
   {
@@ -557,6 +626,58 @@ void send_json(httplib::Response& res, int status, const std::string& body) {
   res.status = status;
   res.set_content(body, "application/json");
 }
+
+// The socket of a request's connection: the one whose peer is the request's remote address and port; -1 if none.
+int connection_socket(const std::string& remote_addr, int remote_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2 || fd == dirfd(dir)) continue;
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
+    char host[INET6_ADDRSTRLEN] = {0};
+    int port = -1;
+    if (peer.ss_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+      inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+      port = ntohs(a->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    }
+    if (port == remote_port && remote_addr == host) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// An answer after which the connection is closed, for a request whose body is left unread (it must not be taken
+// for the next request). httplib 0.11 keeps a connection open whatever the handler's "Connection: close", so the
+// answer is written by a content provider, which then shuts the socket down: httplib's next read on it ends the
+// connection.
+void send_json_and_close(const httplib::Request& req, httplib::Response& res, int status, const std::string& body) {
+  res.status = status;
+  res.set_header("Connection", "close");
+  const std::string addr = req.remote_addr;
+  const int port = req.remote_port;
+  res.set_content_provider(body.size(), "application/json",
+                           [body, addr, port](size_t offset, size_t length, httplib::DataSink& sink) {
+                             sink.write(body.data() + offset, length);
+                             if (offset + length == body.size()) {
+                               const int fd = connection_socket(addr, port);
+                               if (fd >= 0) shutdown(fd, SHUT_RDWR);
+                             }
+                             return true;
+                           });
+}
+
 
 // Splits the command line: options before the first --model and the server's own go to the server; --weights,
 // --name and --random-weights belong to the --model before them.
@@ -599,7 +720,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
   std::vector<ModelArgs> model_args;
   split_args(argv, &server_argv, &model_args);
   std::set<std::string> valued = kModelOptions;
-  valued.insert({"host", "port", "max-batch", "max-delay-ms", "max-queue", "max-request-mb", "http-threads"});
+  valued.insert({"host", "port", "max-batch", "max-delay-ms", "max-queue", "max-request-mb", "max-json-mb",
+                 "http-threads"});
   Args args("serve", server_argv, valued, {"help", "log", "check-finite"});
   if (args.has("help")) {
     std::fputs(kServeHelp, stdout);
@@ -614,12 +736,14 @@ int cmd_serve(const std::vector<std::string>& argv) {
   const double max_delay_ms = args.get_double("max-delay-ms", 5);
   const int max_queue = args.get_int("max-queue", 32);
   const double max_request_mb = args.get_double("max-request-mb", 64);
+  const double max_json_mb = args.get_double("max-json-mb", 16);
   const int http_threads = args.get_int("http-threads", 64);
   MAMBACV_USAGE_CHECK(port >= 0 && port <= 65535, "--port: expected 0 to 65535, got " << port);
   MAMBACV_USAGE_CHECK(max_batch >= 1 && max_batch <= 1024, "--max-batch: expected 1 to 1024, got " << max_batch);
   MAMBACV_USAGE_CHECK(max_delay_ms >= 0 && max_delay_ms <= 60000, "--max-delay-ms: expected 0 to 60000, got " << max_delay_ms);
   MAMBACV_USAGE_CHECK(max_queue >= 1 && max_queue <= 100000, "--max-queue: expected 1 to 100000, got " << max_queue);
   MAMBACV_USAGE_CHECK(max_request_mb > 0 && max_request_mb <= 4096, "--max-request-mb: expected 0 to 4096, got " << max_request_mb);
+  MAMBACV_USAGE_CHECK(max_json_mb > 0 && max_json_mb <= 4096, "--max-json-mb: expected 0 to 4096, got " << max_json_mb);
   MAMBACV_USAGE_CHECK(http_threads >= 1 && http_threads <= 4096, "--http-threads: expected 1 to 4096, got " << http_threads);
   const Options opt = args.model_options();
   MAMBACV_USAGE_CHECK(opt.device == Device::Cpu, "--device cuda: the models do not run on CUDA yet; serve on the CPU");
@@ -651,7 +775,10 @@ int cmd_serve(const std::vector<std::string>& argv) {
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };
   const size_t max_request_bytes = static_cast<size_t>(max_request_mb * 1024 * 1024);
-  http.set_payload_max_length(max_request_bytes);
+  const size_t max_json_bytes = static_cast<size_t>(max_json_mb * 1024 * 1024);
+  // the infer handler enforces --max-request-mb itself (refusing and closing); httplib's own check would answer 413
+  // and then leave the connection open with the body unread
+  http.set_payload_max_length(std::numeric_limits<size_t>::max());
   http.set_read_timeout(30, 0);
   http.set_write_timeout(30, 0);
   http.set_keep_alive_timeout(5);
@@ -709,23 +836,31 @@ int cmd_serve(const std::vector<std::string>& argv) {
     if (req.has_header("Content-Length")) {
       const std::string cl = req.get_header_value("Content-Length");
       if (cl.size() > 18 || std::strtoull(cl.c_str(), nullptr, 10) > max_request_bytes) {
-        res.set_header("Connection", "close");
-        send_json(res, 413, error_body("request body of " + cl + " bytes is over the limit of " +
-                                       std::to_string(max_request_bytes) + " (--max-request-mb)"));
+        send_json_and_close(req, res, 413, error_body("request body of " + cl + " bytes is over the limit of " +
+                                                 std::to_string(max_request_bytes) + " (--max-request-mb)"));
         return;
       }
     }
+    if (req.is_multipart_form_data()) {
+      send_json_and_close(req, res, 415, error_body("multipart bodies are not accepted: send the request JSON "
+                                               "(application/json) or the binary tensor data extension"));
+      return;
+    }
     std::string body;
-    bool too_large = false;
-    read_body([&](const char* data, size_t n) {
+    bool too_large = false, too_slow = false;
+    const bool complete = read_body([&](const char* data, size_t n) {
       too_large = body.size() + n > max_request_bytes;
-      if (!too_large) body.append(data, n);
-      return !too_large;
+      too_slow = now() - t0 > kMaxBodySeconds;
+      if (!too_large && !too_slow) body.append(data, n);
+      return !too_large && !too_slow;
     });
-    if (too_large) {
-      res.set_header("Connection", "close");
-      send_json(res, 413, error_body("request body is over the limit of " + std::to_string(max_request_bytes) +
-                                     " bytes (--max-request-mb)"));
+    if (too_large || too_slow || !complete) {
+      send_json_and_close(req, res, too_large ? 413 : too_slow ? 408 : 400,
+                          error_body(too_large ? "request body is over the limit of " + std::to_string(max_request_bytes) +
+                                                     " bytes (--max-request-mb)"
+                                     : too_slow ? "request body took longer than " + std::to_string(int(kMaxBodySeconds)) +
+                                                      " s to arrive"
+                                                : "request body ended before its declared length"));
       return;
     }
     guard(res, [&] {
@@ -734,9 +869,15 @@ int cmd_serve(const std::vector<std::string>& argv) {
       std::string header_len;
       const bool binary = req.has_header("Inference-Header-Content-Length");
       if (binary) header_len = req.get_header_value("Inference-Header-Content-Length");
+      const size_t json_bytes = binary ? std::min<size_t>(body.size(), std::strtoull(header_len.c_str(), nullptr, 10))
+                                       : body.size();
+      if (json_bytes > max_json_bytes)
+        throw HttpError(413, "the request's JSON is " + std::to_string(json_bytes) + " bytes, over the limit of " +
+                                 std::to_string(max_json_bytes) + " (--max-json-mb; large tensors travel compactly "
+                                 "in the binary tensor data extension)");
       InferRequest ir = parse_infer_request(body, binary ? &header_len : nullptr);
       std::vector<RequestedOutput> wanted;
-      std::unique_ptr<Job> job = make_job(*m, ir, s.dtype, &wanted);
+      std::unique_ptr<Job> job = make_job(*m, ir, s.dtype, max_batch, &wanted);
       std::future<JobResult> f = m->batcher->submit(std::move(job));
       JobResult r = f.get();
       if (!r.error.empty()) throw HttpError(r.status, r.error);
@@ -756,7 +897,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     res.set_content(metrics_text(s), "text/plain; version=0.0.4");
   });
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
+    if (!res.body.empty() || res.content_length_ > 0) return;  // an answer of ours (body or content provider)
     std::string msg;
     if (res.status == 413) msg = "request body too large (--max-request-mb)";
     else if (res.status == 404) msg = "no such endpoint: " + req.method + " " + req.path;
@@ -805,16 +946,18 @@ int cmd_serve(const std::vector<std::string>& argv) {
     if (sig == 0) return;  // written by the main thread: the server ended for another reason
     std::fprintf(stderr, "mambacv serve: %s: finishing the requests in flight\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     s.draining = true;
+    if (s.loaded)
+      for (auto& m : s.models) m->batcher->flush();
     stop_server();
   });
   std::thread loader([&] {
     try {
-      for (size_t i = 0; i < s.models.size(); ++i) {
+      for (size_t i = 0; i < s.models.size() && !s.draining; ++i) {
         load_model(*s.models[i], model_args[i], opt, max_batch, max_delay_ms / 1e3, max_queue);
         std::fprintf(stderr, "mambacv serve: model '%s' (%s) ready\n", s.models[i]->name.c_str(),
                      s.models[i]->cfg.name.c_str());
       }
-      s.loaded = true;
+      if (!s.draining) s.loaded = true;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "mambacv serve: error: %s\n", e.what());
       exit_code = 1;

@@ -84,7 +84,7 @@ python3 - "$work" "$model" "$threads" "$out" << 'EOF'
 import json, re, sys
 work, model, threads, out = sys.argv[1:5]
 bench = [json.loads(l) for l in open(f"{work}/bench.json") if l.strip().startswith("{")]
-machine, runs = bench[0], bench[1:]
+machine, runs = bench[0]["machine"], bench[1:]
 best = max(runs, key=lambda r: r["images_per_s"])
 def sample(path, name):
     m = re.search(name + r'\{model="[^"]*"\} (\S+)', open(path).read())

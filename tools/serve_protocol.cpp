@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "tools/commands.h"
@@ -16,6 +18,8 @@ using json = nlohmann::json;
 
 // Deepest "data" nesting accepted: one level per dimension of a tensor of at most this rank.
 constexpr int kMaxRank = 8;
+// Most inputs / outputs one request may name (the models take one input and offer at most a dozen outputs).
+constexpr size_t kMaxTensors = 64;
 
 // Appends the numbers of a (possibly nested) JSON "data" array in row-major order; `count` is the number of values
 // seen so far. Nothing is stored past `limit` values (the caller compares count against the shape first).
@@ -28,7 +32,10 @@ void flatten_numbers(const json& v, int depth, const std::string& what, std::vec
   }
   if (!v.is_number() && !v.is_boolean())
     bad(what + ": data element " + std::to_string(*count) + " is " + v.type_name() + ", expected a number");
-  if (*count < limit) out->push_back(v.get<float>());
+  const double d = v.get<double>();
+  if (!(std::fabs(d) <= std::numeric_limits<float>::max()))
+    bad(what + ": data element " + std::to_string(*count) + " is outside the float range");
+  if (*count < limit) out->push_back(static_cast<float>(d));
   ++*count;
 }
 
@@ -154,7 +161,9 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
   try {
     j = json::parse(body.data(), body.data() + header_len);
   } catch (const json::exception& e) {
-    bad(std::string("request body is not valid JSON: ") + e.what());
+    std::string why = e.what();
+    if (why.size() > 300) why = why.substr(0, 300) + "...";
+    bad("request body is not valid JSON: " + why);
   }
   if (!j.is_object()) bad("request body: expected a JSON object");
   InferRequest req;
@@ -162,7 +171,8 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
     if (!j["id"].is_string()) bad("id: expected a string");
     req.id = j["id"].get<std::string>();
   }
-  const json params = j.contains("parameters") ? j["parameters"] : json::object();
+  static const json kNoParams = json::object();
+  const json& params = j.contains("parameters") ? j["parameters"] : kNoParams;
   if (!params.is_object()) bad("parameters: expected an object");
   get_bool_param(params, "binary_data_output", "parameters", &req.binary_output);
   int64_t k = 0;
@@ -177,6 +187,7 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
 
   if (!j.contains("inputs") || !j["inputs"].is_array() || j["inputs"].empty())
     bad("inputs: expected a non-empty array of tensors");
+  if (j["inputs"].size() > kMaxTensors) bad("inputs: more than " + std::to_string(kMaxTensors) + " tensors");
   size_t offset = header_len;  // the next binary tensor's first byte
   for (size_t i = 0; i < j["inputs"].size(); ++i) {
     const json& in = j["inputs"][i];
@@ -203,7 +214,7 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
       t.shape.push_back(d.get<int64_t>());
     }
     const int64_t numel = checked_numel(t.shape, what);
-    const json in_params = in.contains("parameters") ? in["parameters"] : json::object();
+    const json& in_params = in.contains("parameters") ? in["parameters"] : kNoParams;
     int64_t bin_size = -1;
     get_int_param(in_params, "binary_data_size", what + ".parameters", 0, int64_t{1} << 40, &bin_size);
     if (bin_size >= 0 && in.contains("data")) bad(what + ": has both data and parameters.binary_data_size");
@@ -250,7 +261,7 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
             std::to_string(t.bytes.size()));
     } else {
       std::vector<float> values;
-      values.reserve(static_cast<size_t>(std::min<int64_t>(numel, 1 << 24)));
+      values.reserve(static_cast<size_t>(std::min<int64_t>(numel, static_cast<int64_t>(header_len / 2))));
       int64_t count = 0;
       flatten_numbers(in["data"], 0, what, &values, numel, &count);
       if (count != numel)
@@ -273,6 +284,8 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
 
   if (j.contains("outputs")) {
     if (!j["outputs"].is_array()) bad("outputs: expected an array");
+    if (j["outputs"].size() > kMaxTensors) bad("outputs: more than " + std::to_string(kMaxTensors) + " tensors");
+    std::set<std::string> seen;
     for (size_t i = 0; i < j["outputs"].size(); ++i) {
       const json& o = j["outputs"][i];
       const std::string at = "outputs[" + std::to_string(i) + "]";
@@ -280,12 +293,11 @@ InferRequest parse_infer_request(const std::string& body, const std::string* jso
       RequestedOutput r;
       r.name = o["name"].get<std::string>();
       r.binary = req.binary_output;
-      const json op = o.contains("parameters") ? o["parameters"] : json::object();
+      const json& op = o.contains("parameters") ? o["parameters"] : kNoParams;
       if (!op.is_object()) bad(at + ".parameters: expected an object");
       get_bool_param(op, "binary_data", at + ".parameters", &r.binary);
       if (get_int_param(op, "classification", at + ".parameters", 1, 100000, &k)) r.classification = static_cast<int>(k);
-      for (const RequestedOutput& prev : req.outputs)
-        if (prev.name == r.name) bad(at + ": output '" + r.name + "' requested twice");
+      if (!seen.insert(r.name).second) bad(at + ": output '" + r.name + "' requested twice");
       req.outputs.push_back(r);
     }
   }
