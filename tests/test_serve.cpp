@@ -443,6 +443,9 @@ TEST(Serve, AFailingRequestDoesNotFailItsBatch) {
       for (size_t k = 0; k < want.size(); ++k) EXPECT_NEAR(got[k], want[k], 1e-4f);
     }
   }
+  // they shared forward passes (else the test says nothing about batches)
+  const std::string m = srv.client().Get("/metrics")->body;
+  EXPECT_LT(metric(m, "mambacv_batch_size_count{model=\"vim_mini\"}"), 4) << m;
 }
 
 TEST(Serve, HostileRequestsAreRefusedAndTheServerKeepsServing) {
