@@ -121,7 +121,7 @@ std::string json_request(const Tensor& x, const json& extra = json::object()) {
   for (int64_t d : x.shape()) in["shape"].push_back(d);
   in["data"] = std::vector<float>(x.f32(), x.f32() + x.numel());
   json j = extra;
-  j["inputs"] = {in};
+  j["inputs"] = json::array({in});
   return j.dump();
 }
 
@@ -130,7 +130,7 @@ std::string binary_request(const Tensor& x, size_t* header_len, const std::vecto
   json in = {{"name", "input"}, {"datatype", "FP32"}, {"shape", json::array()},
              {"parameters", {{"binary_data_size", x.nbytes()}}}};
   for (int64_t d : x.shape()) in["shape"].push_back(d);
-  json j = {{"inputs", {in}}, {"outputs", json::array()}};
+  json j = {{"inputs", json::array({in})}, {"outputs", json::array()}};
   for (const auto& o : outputs) j["outputs"].push_back({{"name", o}, {"parameters", {{"binary_data", true}}}});
   std::string body = j.dump();
   *header_len = body.size();
@@ -295,9 +295,9 @@ TEST(Serve, JsonAndBinaryInferMatchClassifyBitForBit) {
   EXPECT_EQ(binary_output(r, "logits"), expected);
   EXPECT_EQ(binary_output(r, "cls"), as_vector(model.features(x).at("cls")));
   // binary in, JSON out (a feature map, the shape of the model's)
-  json head = {{"inputs", {{{"name", "input"}, {"datatype", "FP32"}, {"shape", {2, 3, 64, 64}},
-                            {"parameters", {{"binary_data_size", x.nbytes()}}}}}},
-               {"outputs", {{{"name", "tokens"}}}}};
+  json head = {{"inputs", json::array({json{{"name", "input"}, {"datatype", "FP32"}, {"shape", {2, 3, 64, 64}},
+                                        {"parameters", {{"binary_data_size", x.nbytes()}}}}})},
+               {"outputs", json::array({json{{"name", "tokens"}}})}};
   body = head.dump();
   hl = body.size();
   body.append(static_cast<const char*>(x.raw()), x.nbytes());
@@ -339,9 +339,9 @@ TEST(Serve, EncodedImagesGiveTheTopKOfClassify) {
   };
   auto c = srv.client();
   // JSON: base64 strings; the classification extension as a top-level parameter
-  json j = {{"inputs", {{{"name", "image"}, {"datatype", "BYTES"}, {"shape", {2}},
-                         {"data", {base64(read_file(a)), {{"b64", base64(read_file(b))}}}}}}},
-            {"parameters", {{"classification", 3}}}};
+  json image = {{"name", "image"}, {"datatype", "BYTES"}, {"shape", json::array({2})},
+                {"data", json::array({base64(read_file(a)), json{{"b64", base64(read_file(b))}}})}};
+  json j = {{"inputs", json::array({image})}, {"parameters", {{"classification", 3}}}};
   auto r = c.Post("/v2/models/vim_mini/infer", j.dump(), "application/json");
   ASSERT_EQ(r->status, 200) << r->body;
   json o = json::parse(r->body)["outputs"][0];
@@ -351,14 +351,15 @@ TEST(Serve, EncodedImagesGiveTheTopKOfClassify) {
   expect_top(o["data"], 1, cli[1]["top"]);
   // binary: each element a 4-byte length and the file's bytes; classification as an output parameter
   std::string bin;
-  for (const std::string& f : {read_file(b)}) {
+  for (const std::string& f : std::vector<std::string>{read_file(b)}) {
     const uint32_t n = static_cast<uint32_t>(f.size());
     bin.append(reinterpret_cast<const char*>(&n), 4);
     bin += f;
   }
-  json head = {{"inputs", {{{"name", "image"}, {"datatype", "BYTES"}, {"shape", {1}},
-                            {"parameters", {{"binary_data_size", bin.size()}}}}}},
-               {"outputs", {{{"name", "logits"}, {"parameters", {{"classification", 3}}}}}}};
+  json bin_image = {{"name", "image"}, {"datatype", "BYTES"}, {"shape", json::array({1})},
+                    {"parameters", {{"binary_data_size", bin.size()}}}};
+  json head = {{"inputs", json::array({bin_image})},
+               {"outputs", json::array({json{{"name", "logits"}, {"parameters", {{"classification", 3}}}}})}};
   std::string body = head.dump();
   const size_t hl = body.size();
   body += bin;

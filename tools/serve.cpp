@@ -387,7 +387,7 @@ const char* wire_datatype(DType t) { return t == DType::F16 ? "FP16" : t == DTyp
 ojson model_metadata(const ServedModel& m, DType dtype) {
   ojson j;
   j["name"] = m.name;
-  j["versions"] = {"1"};
+  j["versions"] = ojson::array({"1"});
   j["platform"] = "mambacv_" + m.cfg.arch;
   ojson inputs = ojson::array();
   if (!m.detector) {
@@ -395,7 +395,7 @@ ojson model_metadata(const ServedModel& m, DType dtype) {
     if (dtype != DType::F32) in["parameters"] = {{"also_accepts", wire_datatype(dtype)}};
     inputs.push_back(in);
   }
-  inputs.push_back({{"name", "image"}, {"datatype", "BYTES"}, {"shape", {-1}}});
+  inputs.push_back({{"name", "image"}, {"datatype", "BYTES"}, {"shape", ojson::array({-1})}});
   j["inputs"] = inputs;
   ojson outputs = ojson::array();
   for (const auto& [name, type, shape] : m.outputs) outputs.push_back({{"name", name}, {"datatype", type}, {"shape", shape}});
