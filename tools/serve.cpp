@@ -67,7 +67,6 @@ extern "C" void on_stop_signal(int sig) {
 // The longest a request body may take to arrive (httplib's read timeout restarts with every byte).
 constexpr double kMaxBodySeconds = 120;
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // ---- metrics -----------------------------------------------------------------------------------------------------
 struct Histogram {
@@ -146,7 +145,7 @@ class Batcher {
         throw HttpError(503, "the queue of this model is full (" + std::to_string(max_queue_) +
                                  " requests wait; --max-queue); retry later");
       }
-      queue_.push_back({std::move(job), now()});
+      queue_.push_back({std::move(job), now_s()});
     }
     cv_.notify_all();
     return f;
@@ -179,14 +178,18 @@ class Batcher {
     double enqueued;
   };
 
-  // Rows of the queued jobs that can join the batch of the front one, up to max_batch_.
-  int64_t compatible_rows() const {
+  // The queue positions of the next batch: the front job and every later one that fits its batch (same H x W,
+  // up to max_batch_ rows in all), in arrival order; *rows is their row count.
+  std::vector<size_t> next_batch(int64_t* rows) const {
     const Job& first = *queue_.front().job;
-    int64_t rows = first.rows();
-    for (size_t i = 1; i < queue_.size() && rows < max_batch_; ++i)
-      if (first.batches_with(*queue_[i].job) && rows + queue_[i].job->rows() <= max_batch_)
-        rows += queue_[i].job->rows();
-    return rows;
+    std::vector<size_t> members = {0};
+    *rows = first.rows();
+    for (size_t i = 1; i < queue_.size() && *rows < max_batch_; ++i)
+      if (first.batches_with(*queue_[i].job) && *rows + queue_[i].job->rows() <= max_batch_) {
+        *rows += queue_[i].job->rows();
+        members.push_back(i);
+      }
+    return members;
   }
 
   void loop() {
@@ -195,22 +198,16 @@ class Batcher {
       cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
       const double deadline = queue_.front().enqueued + max_delay_s_;
-      while (!stopping_ && !flushing_ && compatible_rows() < max_batch_ && now() < deadline && queue_.front().job->input.defined())
-        cv_.wait_for(lk, std::chrono::duration<double>(std::max(0.0, deadline - now())));
-      // the front job and every later one that fits its batch, in arrival order
-      std::vector<std::unique_ptr<Job>> batch;
-      batch.push_back(std::move(queue_.front().job));
-      queue_.pop_front();
-      int64_t rows = batch[0]->rows();
-      for (auto it = queue_.begin(); it != queue_.end() && rows < max_batch_;) {
-        if (batch[0]->batches_with(*it->job) && rows + it->job->rows() <= max_batch_) {
-          rows += it->job->rows();
-          batch.push_back(std::move(it->job));
-          it = queue_.erase(it);
-        } else {
-          ++it;
-        }
+      int64_t rows = 0;
+      std::vector<size_t> members = next_batch(&rows);
+      // detector jobs never batch; the others wait for a full batch until the front job's deadline
+      while (!stopping_ && !flushing_ && rows < max_batch_ && now_s() < deadline && queue_.front().job->input.defined()) {
+        cv_.wait_for(lk, std::chrono::duration<double>(std::max(0.0, deadline - now_s())));
+        members = next_batch(&rows);
       }
+      std::vector<std::unique_ptr<Job>> batch;
+      for (size_t i : members) batch.push_back(std::move(queue_[i].job));
+      for (size_t k = members.size(); k-- > 0;) queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(members[k]));
       lk.unlock();
       run(batch);
       lk.lock();
@@ -218,7 +215,7 @@ class Batcher {
   }
 
   void run(std::vector<std::unique_ptr<Job>>& batch) {
-    const double t0 = now();
+    const double t0 = now_s();
     int64_t rows = 0;
     for (auto& j : batch) rows += j->rows();
     std::vector<JobResult> results(batch.size());
@@ -264,7 +261,7 @@ class Batcher {
       } else {
         for (auto& j : batch) metrics_->batch.observe(static_cast<double>(j->rows()));
       }
-      metrics_->infer_seconds.observe(now() - t0);
+      metrics_->infer_seconds.observe(now_s() - t0);
     }
     for (size_t i = 0; i < batch.size(); ++i) {
       results[i].batch_rows = static_cast<int>(rows > 0 ? rows : batch[i]->rows());
@@ -830,7 +827,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   // application/x-www-form-urlencoded (curl's default) as a form, and refuse it above 8 KiB.
   http.Post(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?/infer)", [&](const httplib::Request& req, httplib::Response& res,
                                                                      const httplib::ContentReader& read_body) {
-    const double t0 = now();
+    const double t0 = now_s();
     ServedModel* m = nullptr;
     // Refused before the body is read: a declared length over the limit, or a chunked body that grows past it.
     if (req.has_header("Content-Length")) {
@@ -850,7 +847,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     bool too_large = false, too_slow = false;
     const bool complete = read_body([&](const char* data, size_t n) {
       too_large = body.size() + n > max_request_bytes;
-      too_slow = now() - t0 > kMaxBodySeconds;
+      too_slow = now_s() - t0 > kMaxBodySeconds;
       if (!too_large && !too_slow) body.append(data, n);
       return !too_large && !too_slow;
     });
@@ -890,7 +887,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
       std::lock_guard<std::mutex> lk(m->metrics.mu);
       if (res.status == 200) ++m->metrics.success;
       else if (res.status != 503) ++m->metrics.failure;
-      m->metrics.latency.observe(now() - t0);
+      m->metrics.latency.observe(now_s() - t0);
     }
   });
   http.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
@@ -907,7 +904,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   // one line per request (--log) and the response-code counters
   thread_local double request_start = 0;
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
-    request_start = now();
+    request_start = now_s();
     return httplib::Server::HandlerResponse::Unhandled;
   });
   http.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
@@ -917,7 +914,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     }
     if (s.log)
       std::fprintf(stderr, "%s %s %s %d %zu %.1fms\n", req.remote_addr.c_str(), req.method.c_str(), req.path.c_str(),
-                   res.status, res.body.size(), (now() - request_start) * 1e3);
+                   res.status, res.body.size(), (now_s() - request_start) * 1e3);
   });
 
   int bound = port;
