@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "kernels/cpu_info.h"
 #include "kernels/detection_ops.h"
 #include "mambacv/detection.h"
 #include "test_util.h"
@@ -255,6 +256,51 @@ TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
   }
 }
 
+// detect(images): the images of one padded size share a forward, and every result equals a one-image call.
+TEST(MaskRcnn, BatchedDetectEqualsOneImageAtATime) {
+  MAMBACV_REQUIRE_FIXTURES();
+  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  DetectOptions opt;
+  opt.score_thr = 0.0f;
+  opt.max_per_img = 20;
+  opt.max_long = 320, opt.max_short = 256;
+  // 333x251 and 666x502 both rescale to 320x241 (padded 320x256); 200x300 to 171x256 (padded 192x256)
+  const std::vector<Image> images = {synthetic(333, 251, 2), synthetic(200, 300, 3), synthetic(333, 251, 5),
+                                     synthetic(666, 502, 7)};
+  const std::vector<DetectionResult> batched = det.detect(images, opt);
+  ASSERT_EQ(batched.size(), images.size());
+  // bit for bit with the AVX2 / AVX-512 GEMM; the generic fallback (Eigen) blocks its products by their row
+  // count, so there a batch agrees to float rounding
+  const bool exact = cpu::cpu_isa() != cpu::Isa::Generic;
+  size_t compared = 0;
+  for (size_t i = 0; i < images.size(); ++i) {
+    const DetectionResult one = det.detect(images[i], opt);
+    EXPECT_EQ(batched[i].width, images[i].width);
+    EXPECT_EQ(batched[i].height, images[i].height);
+    ASSERT_EQ(batched[i].detections.size(), one.detections.size()) << i;
+    for (size_t k = 0; k < one.detections.size(); ++k, ++compared) {
+      const Detection &a = batched[i].detections[k], &b = one.detections[k];
+      EXPECT_EQ(a.label, b.label) << i << " " << k;
+      EXPECT_NEAR(a.score, b.score, exact ? 0.0 : 1e-5) << i << " " << k;
+      for (int c = 0; c < 4; ++c) EXPECT_NEAR(a.box[c], b.box[c], exact ? 0.0 : 1e-2) << i << " " << k;
+      if (exact) {
+        EXPECT_EQ(a.mask.counts, b.mask.counts) << i << " " << k;
+      } else {  // a few pixels on the mask's edge may flip
+        const std::vector<uint8_t> ma = a.mask.decode(), mb = b.mask.decode();
+        int64_t differ = 0;
+        for (size_t p = 0; p < ma.size(); ++p) differ += ma[p] != mb[p];
+        EXPECT_LE(differ, 2 + b.mask.area() / 100) << i << " " << k;
+      }
+    }
+  }
+  EXPECT_GT(compared, 10u);
+  // images 0, 2 and 3 ran in one forward (one backbone time for the three), image 1 in another
+  EXPECT_EQ(batched[0].timings.backbone_ms, batched[2].timings.backbone_ms);
+  EXPECT_EQ(batched[0].timings.backbone_ms, batched[3].timings.backbone_ms);
+  EXPECT_NE(batched[0].timings.backbone_ms, batched[1].timings.backbone_ms);
+  EXPECT_TRUE(det.detect(std::vector<Image>{}, opt).empty());
+}
+
 TEST(MaskRcnn, ThreadsShareOneDetector) {
   MAMBACV_REQUIRE_FIXTURES();
   Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
@@ -272,6 +318,61 @@ TEST(MaskRcnn, ThreadsShareOneDetector) {
       EXPECT_EQ(r.detections[i].mask.counts, serial.detections[i].mask.counts);
     }
   }
+}
+
+// `detect --batch N` prints what --batch 1 prints, in input order, a broken image among the batched ones.
+TEST(MaskRcnn, CliBatchPrintsWhatOneAtATimePrints) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = test::temp_dir("mask_rcnn_cli_batch");
+  const std::vector<std::array<int, 2>> sizes = {{333, 251}, {200, 300}, {333, 251}, {666, 502}, {120, 90}};
+  std::ofstream list(dir + "/list.txt");
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::string path = dir + "/img" + std::to_string(i) + ".png";
+    save_image(path, synthetic(sizes[i][0], sizes[i][1], static_cast<int>(i)));
+    list << path << "\n";
+    if (i == 2) {
+      std::ofstream(dir + "/broken.jpg") << "not a JPEG";
+      list << dir + "/broken.jpg\n";
+    }
+  }
+  list.close();
+  auto run = [&](int batch) {
+    std::string out;
+    const int rc = test::run_command(test::cli_path() + " detect --model " + test::fixture(kFixture) + " --weights " +
+                                         test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors") +
+                                         " --json --score-thr 0.05 --max-size 320,256 --batch " +
+                                         std::to_string(batch) + " @" + dir + "/list.txt 2>/dev/null",
+                                     &out);
+    EXPECT_EQ(rc, 1) << out;  // the broken image
+    return test::json_lines(out);
+  };
+  const std::vector<nlohmann::json> one = run(1), four = run(4);
+  ASSERT_EQ(one.size(), sizes.size() + 1);
+  ASSERT_EQ(four.size(), one.size());
+  size_t detections = 0;
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(four[i]["image"], one[i]["image"]) << i;
+    EXPECT_EQ(four[i].contains("error"), one[i].contains("error")) << i;
+    if (one[i].contains("error")) continue;
+    ASSERT_EQ(four[i]["detections"].size(), one[i]["detections"].size()) << i;
+    for (size_t k = 0; k < one[i]["detections"].size(); ++k, ++detections) {
+      const auto &a = four[i]["detections"][k], &b = one[i]["detections"][k];
+      EXPECT_EQ(a["label"], b["label"]);
+      // exact but for the generic GEMM's rounding (see BatchedDetectEqualsOneImageAtATime)
+      const bool exact = cpu::cpu_isa() != cpu::Isa::Generic;
+      EXPECT_NEAR(a["score"].get<double>(), b["score"].get<double>(), exact ? 0.0 : 1e-5);
+      if (exact) EXPECT_EQ(a["mask"]["counts"], b["mask"]["counts"]);
+    }
+  }
+  EXPECT_GT(detections, 5u);
+  EXPECT_TRUE(one[3].contains("error")) << one[3].dump();
+  std::string out;
+  EXPECT_EQ(test::run_command(test::cli_path() + " detect --model " + test::fixture(kFixture) +
+                                  " --random-weights --batch 0 x.png",
+                              &out),
+            2)
+      << out;
+  EXPECT_NE(out.find("--batch"), std::string::npos) << out;
 }
 
 TEST(MaskRcnn, CliJsonReportsBrokenImagesAndDetectsTheRest) {

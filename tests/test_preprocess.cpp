@@ -10,7 +10,10 @@
 #include <functional>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <png.h>
 #include <random>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "mambacv/image.h"
 #include "mambacv/weights.h"
@@ -401,6 +404,209 @@ TEST(ImageIo, SixteenBitAndAlphaPng) {
     for (int x = 0; x < w; ++x)
       for (int k = 0; k < 3; ++k)
         ASSERT_EQ(g.pixel(x, y)[k], (x + y) % 3 == 0 ? want.pixel(x, y)[0] : 255) << x << "," << y;
+}
+
+// ---- PNG files of every colour type, bit depth and interlace, written with libpng here
+struct PngSpec {
+  int color_type, depth;
+  bool interlaced;
+};
+
+// Samples per pixel as stored in the file.
+int png_channels(int color_type) {
+  switch (color_type) {
+    case PNG_COLOR_TYPE_GRAY: return 1;
+    case PNG_COLOR_TYPE_GRAY_ALPHA: return 2;
+    case PNG_COLOR_TYPE_RGB: return 3;
+    case PNG_COLOR_TYPE_RGBA: return 4;
+    default: return 1;  // palette index
+  }
+}
+
+void png_append(png_structp png, png_bytep data, size_t n) {
+  auto* out = static_cast<std::vector<uint8_t>*>(png_get_io_ptr(png));
+  out->insert(out->end(), data, data + n);
+}
+
+// Encodes `samples` (h * w * channels values, each < 2^depth) as a PNG; palette files get a palette of
+// 2^depth colours from `palette` (RGB triples) and a tRNS chunk.
+std::vector<uint8_t> write_png(const PngSpec& spec, int w, int h, const std::vector<uint16_t>& samples,
+                               const std::vector<uint8_t>& palette) {
+  std::vector<uint8_t> out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    return {};
+  }
+  png_set_write_fn(png, &out, png_append, nullptr);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(w), static_cast<png_uint_32>(h), spec.depth, spec.color_type,
+               spec.interlaced ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  std::vector<png_color> plte;
+  std::vector<png_byte> trns;
+  if (spec.color_type == PNG_COLOR_TYPE_PALETTE) {
+    for (int i = 0; i < (1 << spec.depth); ++i) {
+      plte.push_back({palette[3 * i], palette[3 * i + 1], palette[3 * i + 2]});
+      trns.push_back(static_cast<png_byte>(i * 7));
+    }
+    png_set_PLTE(png, info, plte.data(), static_cast<int>(plte.size()));
+    png_set_tRNS(png, info, trns.data(), static_cast<int>(trns.size()), nullptr);
+  }
+  png_write_info(png, info);
+  const int c = png_channels(spec.color_type);
+  const size_t row_bytes = (static_cast<size_t>(w) * c * spec.depth + 7) / 8;
+  std::vector<uint8_t> rows(row_bytes * h, 0);
+  std::vector<png_bytep> ptrs;
+  for (int y = 0; y < h; ++y) {
+    uint8_t* row = rows.data() + row_bytes * y;
+    ptrs.push_back(row);
+    for (int i = 0; i < w * c; ++i) {
+      const uint16_t v = samples[static_cast<size_t>(y) * w * c + i];
+      if (spec.depth == 16) {
+        row[2 * i] = static_cast<uint8_t>(v >> 8), row[2 * i + 1] = static_cast<uint8_t>(v & 0xff);
+      } else if (spec.depth == 8) {
+        row[i] = static_cast<uint8_t>(v);
+      } else {  // packed, most significant bits first
+        const int bit = i * spec.depth;
+        row[bit / 8] |= static_cast<uint8_t>(v << (8 - spec.depth - bit % 8));
+      }
+    }
+  }
+  png_write_image(png, ptrs.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+// A chunk with its length and CRC, spliced in after the IHDR chunk (signature 8 + IHDR 25 bytes).
+std::vector<uint8_t> with_chunk_after_ihdr(std::vector<uint8_t> png, const char type[4], const std::string& data) {
+  std::vector<uint8_t> chunk;
+  const uint32_t n = static_cast<uint32_t>(data.size());
+  for (int k = 3; k >= 0; --k) chunk.push_back(static_cast<uint8_t>(n >> (8 * k)));
+  chunk.insert(chunk.end(), type, type + 4);
+  chunk.insert(chunk.end(), data.begin(), data.end());
+  const uLong crc = crc32(crc32(0, reinterpret_cast<const Bytef*>(type), 4),
+                          reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size()));
+  for (int k = 3; k >= 0; --k) chunk.push_back(static_cast<uint8_t>(crc >> (8 * k)));
+  png.insert(png.begin() + 33, chunk.begin(), chunk.end());
+  return png;
+}
+
+// What libpng writes to stderr while f runs (stderr redirected to a file for the call).
+std::string stderr_of(const std::function<void()>& f) {
+  const std::string path = test::temp_dir("stderr_of") + "/stderr.txt";
+  std::fflush(stderr);
+  const int saved = dup(2);
+  FILE* file = std::fopen(path.c_str(), "w");
+  dup2(fileno(file), 2);
+  try {
+    f();
+  } catch (...) {
+  }
+  std::fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  std::fclose(file);
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// PIL's Image.open(path).convert("RGB") of every PNG variant: 16-bit samples keep their high byte (16-bit gray
+// clips at 255, mode "I"), alpha and palette transparency are dropped, gray of 1, 2 and 4 bits is scaled to 0..255,
+// Adam7 interlacing gives the same pixels.
+TEST(ImageIo, PngEveryColourTypeDepthAndInterlace) {
+  const int w = 13, h = 7;  // odd sizes: partial bytes at the end of packed rows and every Adam7 pass non-empty
+  std::vector<PngSpec> specs;
+  for (bool il : {false, true}) {
+    for (int d : {1, 2, 4, 8, 16}) specs.push_back({PNG_COLOR_TYPE_GRAY, d, il});
+    for (int d : {1, 2, 4, 8}) specs.push_back({PNG_COLOR_TYPE_PALETTE, d, il});
+    for (int t : {PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGBA})
+      for (int d : {8, 16}) specs.push_back({t, d, il});
+  }
+  std::mt19937 rng(5);
+  std::vector<uint8_t> palette(3 * 256);
+  for (auto& v : palette) v = static_cast<uint8_t>(rng() & 0xff);
+  for (const PngSpec& spec : specs) {
+    const int c = png_channels(spec.color_type);
+    std::vector<uint16_t> samples(static_cast<size_t>(w) * h * c);
+    for (auto& v : samples) v = static_cast<uint16_t>(rng() % (1u << spec.depth));
+    if (spec.color_type == PNG_COLOR_TYPE_GRAY && spec.depth == 16)  // some below 256 (kept), the rest clipped
+      for (size_t i = 0; i < samples.size(); i += 3) samples[i] &= 0xff;
+    std::vector<uint8_t> file = write_png(spec, w, h, samples, palette);
+    ASSERT_FALSE(file.empty());
+    Image want;
+    want.width = w, want.height = h;
+    for (int i = 0; i < w * h; ++i) {
+      const uint16_t* s = &samples[static_cast<size_t>(i) * c];
+      auto byte = [&](uint16_t v) -> uint8_t {
+        if (spec.depth == 16) return static_cast<uint8_t>(v >> 8);
+        return static_cast<uint8_t>(v * 255 / ((1 << spec.depth) - 1));
+      };
+      if (spec.color_type == PNG_COLOR_TYPE_PALETTE) {
+        for (int k = 0; k < 3; ++k) want.rgb.push_back(palette[3 * s[0] + k]);
+      } else if (spec.color_type == PNG_COLOR_TYPE_GRAY && spec.depth == 16) {
+        want.rgb.insert(want.rgb.end(), 3, static_cast<uint8_t>(std::min<int>(s[0], 255)));
+      } else if (c <= 2) {
+        want.rgb.insert(want.rgb.end(), 3, byte(s[0]));
+      } else {
+        for (int k = 0; k < 3; ++k) want.rgb.push_back(byte(s[k]));
+      }
+    }
+    const std::string name = "type " + std::to_string(spec.color_type) + " depth " + std::to_string(spec.depth) +
+                             (spec.interlaced ? " interlaced" : "");
+    Image got = decode_image(file.data(), file.size(), name);
+    ASSERT_EQ(got.width, w) << name;
+    ASSERT_EQ(got.height, h) << name;
+    EXPECT_EQ(got.rgb, want.rgb) << name;
+  }
+}
+
+// libpng's warnings (metadata the decode does not use) are not printed, and its errors become the error naming
+// the file, with libpng's reason.
+TEST(ImageIo, PngDecoderMessagesNameTheFileOrAreNotPrinted) {
+  const int w = 6, h = 5;
+  std::vector<uint16_t> samples(static_cast<size_t>(w) * h * 3);
+  for (size_t i = 0; i < samples.size(); ++i) samples[i] = static_cast<uint16_t>(i * 11 % 256);
+  const std::vector<uint8_t> good = write_png({PNG_COLOR_TYPE_RGB, 8, false}, w, h, samples, {});
+  const Image want = decode_image(good.data(), good.size(), "good");
+  // an ICC profile libpng rejects ("iCCP: ..."), text with an empty keyword, gAMA contradicting sRGB
+  std::vector<uint8_t> noisy = with_chunk_after_ihdr(good, "iCCP", std::string("bogus\0\0", 7) + "xxxx");
+  noisy = with_chunk_after_ihdr(noisy, "tEXt", std::string("\0bad", 4));
+  noisy = with_chunk_after_ihdr(noisy, "sRGB", std::string("\0", 1));
+  noisy = with_chunk_after_ihdr(noisy, "gAMA", std::string("\0\1\x86\xa0", 4));
+  Image got;
+  std::string err = stderr_of([&] { got = decode_image(noisy.data(), noisy.size(), "noisy.png"); });
+  EXPECT_EQ(err, "");
+  EXPECT_EQ(got.rgb, want.rgb);
+
+  // a corrupt IDAT CRC: an error naming the file and the reason, nothing else on stderr
+  std::vector<uint8_t> bad = good;
+  bad[bad.size() - 12 - 1] ^= 1;  // the last byte of the IDAT CRC (IEND is the last 12 bytes)
+  std::string msg;
+  err = stderr_of([&] {
+    try {
+      decode_image(bad.data(), bad.size(), "crc.png");
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+  });
+  EXPECT_EQ(err, "");
+  EXPECT_NE(msg.find("'crc.png'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("CRC"), std::string::npos) << msg;
+
+  // cut inside the image data
+  std::vector<uint8_t> cut(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() - 20));
+  msg.clear();
+  err = stderr_of([&] {
+    try {
+      decode_image(cut.data(), cut.size(), "cut.png");
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+  });
+  EXPECT_EQ(err, "");
+  EXPECT_NE(msg.find("'cut.png'"), std::string::npos) << msg;
 }
 
 // An image whose header declares more than 2^27 pixels is refused before decoding (PNG IHDR, JPEG SOF).

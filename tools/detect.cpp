@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 const char* kDetectHelp =
     "usage: mambacv detect --model M --weights W [--score-thr T] [--json] [--draw DIR] [--no-masks] [--profile]\n"
-    "                      [--max-size LONG,SHORT] [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1]\n"
+    "                      [--max-size LONG,SHORT] [--batch N] [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1]\n"
     "                      [--threads N] INPUT...\n"
     "M is a config with arch mask_rcnn (e.g. mask_rcnn_vmamba_tiny), W its weights (.safetensors or an mmdetection\n"
     ".pth), or --random-weights for timing runs. INPUT: image files, folders (recursive) or @list.txt. Each image\n"
@@ -31,6 +31,8 @@ const char* kDetectHelp =
     "\"name\": S, \"score\": P, \"box\": [x1, y1, x2, y2], \"mask\": {\"size\": [H, W], \"counts\": COCO_RLE}}]} or\n"
     "{\"image\": PATH, \"error\": REASON}. --draw DIR writes each image with boxes, labels and translucent masks\n"
     "(PNG input as PNG, the rest as JPEG; stderr names the file each input went to).\n"
+    "--batch N (default 1) detects N inputs at a time; those whose padded inputs have the same size share one\n"
+    "backbone and FPN pass (the results equal one image at a time; memory grows with N).\n"
     "--profile (or MAMBACV_PROFILE=1) prints the time of each part per image on stderr. Exit status 1 when any\n"
     "image failed.\n";
 
@@ -108,7 +110,7 @@ nlohmann::ordered_json detections_json(const DetectionResult& r, const std::vect
 
 int cmd_detect(const std::vector<std::string>& argv) {
   std::set<std::string> valued = kModelOptions;
-  valued.insert({"model", "weights", "score-thr", "draw", "max-size"});
+  valued.insert({"model", "weights", "score-thr", "draw", "max-size", "batch"});
   Args args("detect", argv, valued, {"json", "help", "no-masks", "profile", "random-weights", "check-finite"});
   if (args.has("help")) {
     std::fputs(kDetectHelp, stdout);
@@ -148,64 +150,104 @@ int cmd_detect(const std::vector<std::string>& argv) {
   std::vector<std::string> inputs = expand_inputs(args.positionals(), "detect");
   MAMBACV_CHECK(!inputs.empty(), "detect: the INPUT arguments hold no image files");
 
+  const int batch = args.get_int("batch", 1);
+  MAMBACV_USAGE_CHECK(batch >= 1 && batch <= 64, "--batch: expected an image count in 1..64, got " << args.get("batch"));
+
   int failed = 0;
   std::set<std::string> drawn;
   DetectionTimings sum;
   int timed = 0;
   Progress progress("detect", inputs.size());
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const std::string& path = inputs[i];
-    try {
-      Image image = load_image(path);
-      DetectionResult r = det.detect(image, dopt);
-      if (json) {
-        nlohmann::ordered_json o;
-        o["image"] = path;
-        o.update(detections_json(r, names, dopt.masks));
-        std::printf("%s\n", json_text(o).c_str());
-      } else {
-        std::printf("%s  %dx%d  %zu detection(s)\n", path.c_str(), r.width, r.height, r.detections.size());
-        for (const Detection& d : r.detections)
-          std::printf("  %-16s %.3f  [%7.1f %7.1f %7.1f %7.1f]%s\n",
-                      d.label < static_cast<int>(names.size()) ? names[d.label].c_str()
-                                                               : std::to_string(d.label).c_str(),
-                      d.score, d.box[0], d.box[1], d.box[2], d.box[3],
-                      dopt.masks ? ("  mask " + std::to_string(d.mask.area()) + " px").c_str() : "");
-      }
+  auto report_failure = [&](const std::string& path, const std::string& why) {
+    ++failed;
+    if (json) {
+      std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", path}, {"error", why}})).c_str());
       std::fflush(stdout);
-      if (profile) {
-        const DetectionTimings& t = r.timings;
-        std::fprintf(stderr,
-                     "profile %s: preprocess %.1f ms, backbone %.1f, fpn %.1f, rpn %.1f, roi box %.1f, masks %.1f, "
-                     "total %.1f ms (%zu detections)\n",
-                     path.c_str(), t.preprocess_ms, t.backbone_ms, t.fpn_ms, t.rpn_ms, t.box_ms, t.mask_ms,
-                     t.total_ms, r.detections.size());
-        sum.preprocess_ms += t.preprocess_ms, sum.backbone_ms += t.backbone_ms, sum.fpn_ms += t.fpn_ms;
-        sum.rpn_ms += t.rpn_ms, sum.box_ms += t.box_ms, sum.mask_ms += t.mask_ms, sum.total_ms += t.total_ms;
-        ++timed;
-      }
-      if (!draw_dir.empty()) {
-        // PNG stays PNG (lossless), everything else is written as JPEG
-        std::string ext = fs::path(path).extension().string();
-        std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
-        ext = ext == ".png" ? ".png" : ".jpg";
-        std::string stem = fs::path(path).stem().string(), name = stem + ext;
-        for (int k = 1; drawn.count(name); ++k) name = stem + "_" + std::to_string(k) + ext;
-        drawn.insert(name);
-        const std::string drawn_path = (fs::path(draw_dir) / name).string();
-        draw(drawn_path, image, r, names);
-        std::fprintf(stderr, "mambacv detect: %s -> %s\n", path.c_str(), drawn_path.c_str());
-      }
-    } catch (const std::exception& e) {
-      ++failed;
-      if (json) {
-        std::printf("%s\n", json_text(nlohmann::ordered_json({{"image", path}, {"error", e.what()}})).c_str());
-        std::fflush(stdout);
-      } else {
-        std::fprintf(stderr, "mambacv detect: %s: %s\n", path.c_str(), e.what());
+    } else {
+      std::fprintf(stderr, "mambacv detect: %s: %s\n", path.c_str(), why.c_str());
+    }
+  };
+  auto report = [&](const std::string& path, const Image& image, const DetectionResult& r) {
+    if (json) {
+      nlohmann::ordered_json o;
+      o["image"] = path;
+      o.update(detections_json(r, names, dopt.masks));
+      std::printf("%s\n", json_text(o).c_str());
+    } else {
+      std::printf("%s  %dx%d  %zu detection(s)\n", path.c_str(), r.width, r.height, r.detections.size());
+      for (const Detection& d : r.detections)
+        std::printf("  %-16s %.3f  [%7.1f %7.1f %7.1f %7.1f]%s\n",
+                    d.label < static_cast<int>(names.size()) ? names[d.label].c_str()
+                                                             : std::to_string(d.label).c_str(),
+                    d.score, d.box[0], d.box[1], d.box[2], d.box[3],
+                    dopt.masks ? ("  mask " + std::to_string(d.mask.area()) + " px").c_str() : "");
+    }
+    std::fflush(stdout);
+    if (profile) {
+      const DetectionTimings& t = r.timings;
+      std::fprintf(stderr,
+                   "profile %s: preprocess %.1f ms, backbone %.1f, fpn %.1f, rpn %.1f, roi box %.1f, masks %.1f, "
+                   "total %.1f ms (%zu detections)\n",
+                   path.c_str(), t.preprocess_ms, t.backbone_ms, t.fpn_ms, t.rpn_ms, t.box_ms, t.mask_ms, t.total_ms,
+                   r.detections.size());
+      sum.preprocess_ms += t.preprocess_ms, sum.backbone_ms += t.backbone_ms, sum.fpn_ms += t.fpn_ms;
+      sum.rpn_ms += t.rpn_ms, sum.box_ms += t.box_ms, sum.mask_ms += t.mask_ms, sum.total_ms += t.total_ms;
+      ++timed;
+    }
+    if (!draw_dir.empty()) {
+      // PNG stays PNG (lossless), everything else is written as JPEG
+      std::string ext = fs::path(path).extension().string();
+      std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+      ext = ext == ".png" ? ".png" : ".jpg";
+      std::string stem = fs::path(path).stem().string(), name = stem + ext;
+      for (int k = 1; drawn.count(name); ++k) name = stem + "_" + std::to_string(k) + ext;
+      drawn.insert(name);
+      const std::string drawn_path = (fs::path(draw_dir) / name).string();
+      draw(drawn_path, image, r, names);
+      std::fprintf(stderr, "mambacv detect: %s -> %s\n", path.c_str(), drawn_path.c_str());
+    }
+  };
+
+  // windows of --batch inputs: decoded, detected together (Detector::detect batches the images of one padded
+  // size), then reported in input order; a failed forward is retried one image at a time
+  for (size_t start = 0; start < inputs.size(); start += static_cast<size_t>(batch)) {
+    const size_t end = std::min(inputs.size(), start + static_cast<size_t>(batch));
+    std::vector<Image> images;
+    std::vector<size_t> index;             // input of each decoded image
+    std::vector<std::string> error(end - start);
+    for (size_t i = start; i < end; ++i) {
+      try {
+        images.push_back(load_image(inputs[i]));
+        index.push_back(i);
+      } catch (const std::exception& e) {
+        error[i - start] = e.what();
       }
     }
-    progress.step(i + 1);
+    std::vector<DetectionResult> results;
+    try {
+      results = det.detect(images, dopt);
+    } catch (const std::exception&) {
+      results.assign(images.size(), {});
+      for (size_t k = 0; k < images.size(); ++k) {
+        try {
+          results[k] = det.detect(images[k], dopt);
+        } catch (const std::exception& e) {
+          error[index[k] - start] = e.what();
+        }
+      }
+    }
+    for (size_t i = start, k = 0; i < end; ++i) {
+      const bool decoded = k < index.size() && index[k] == i;
+      const std::string& why = error[i - start];
+      try {
+        if (!why.empty()) report_failure(inputs[i], why);
+        else report(inputs[i], images[k], results[k]);
+      } catch (const std::exception& e) {
+        report_failure(inputs[i], e.what());
+      }
+      if (decoded) ++k;
+      progress.step(i + 1);
+    }
   }
   if (profile && timed > 0)
     std::fprintf(stderr,

@@ -5,7 +5,7 @@ set -euo pipefail
 # libFuzzer targets (tests/fuzz); libcpp-httplib-dev: `mambacv serve`; wrk, curl: its load benchmark
 # (tools/serve_bench.sh)
 # pybind11-dev, python3-dev, python3-numpy, python3-pytest: the Python module (-DMAMBACV_PYTHON=ON) and its tests
-pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev
+pkgs=(cmake g++ make pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libopencv-dev zlib1g-dev libpng-dev
       clang libclang-rt-dev libomp-dev libcpp-httplib-dev wrk curl
       pybind11-dev python3-dev python3-numpy python3-pytest)
 missing=()

@@ -135,18 +135,53 @@ DetectionResult Detector::detect(const Tensor& input, int img_height, int img_wi
 }
 
 DetectionResult Detector::detect(const Image& image, const DetectOptions& opt) const {
+  std::vector<DetectionResult> r = detect(std::vector<Image>{image}, opt);
+  return std::move(r[0]);
+}
+
+std::vector<DetectionResult> Detector::detect(const std::vector<Image>& images, const DetectOptions& opt) const {
   check_options(opt);
-  const double t0 = now_ms();
-  DetectionInput in = prepare_detection_input(image, opt.max_long, opt.max_short, 32);
-  const double t1 = now_ms();
-  detail::DetectionCall req = make_request(opt);
-  req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
-  model_.run(in.input, {"*"}, &req);
-  MAMBACV_CHECK(req.out.size() == 1, "detect: the network returned " << req.out.size() << " results for one image");
-  DetectionResult r = to_result(req.out[0], req);
-  r.timings.preprocess_ms = t1 - t0;
-  r.timings.total_ms = now_ms() - t0;
-  return r;
+  std::vector<DetectionResult> results(images.size());
+  std::vector<DetectionInput> inputs;
+  std::vector<double> prep_ms;
+  for (const Image& image : images) {
+    const double t0 = now_ms();
+    inputs.push_back(prepare_detection_input(image, opt.max_long, opt.max_short, 32));  // (1, 3, pad_h, pad_w)
+    prep_ms.push_back(now_ms() - t0);
+  }
+  // one forward per padded size, in the order of first appearance; the images of a group share the backbone and
+  // FPN pass, and no image is padded beyond its own size, so each result equals a one-image call
+  std::vector<bool> done(images.size(), false);
+  for (size_t first = 0; first < images.size(); ++first) {
+    if (done[first]) continue;
+    const int64_t ph = inputs[first].pad_height, pw = inputs[first].pad_width;
+    std::vector<size_t> group;
+    for (size_t i = first; i < images.size(); ++i)
+      if (!done[i] && inputs[i].pad_height == ph && inputs[i].pad_width == pw) group.push_back(i), done[i] = true;
+    const double t0 = now_ms();
+    const int64_t n = static_cast<int64_t>(group.size()), per_image = 3 * ph * pw;
+    Tensor batch = n == 1 ? inputs[first].input : Tensor::empty({n, 3, ph, pw});  // (n, 3, pad_h, pad_w)
+    detail::DetectionCall req = make_request(opt);
+    for (int64_t k = 0; k < n; ++k) {
+      const DetectionInput& in = inputs[group[static_cast<size_t>(k)]];
+      if (n > 1) std::memcpy(batch.f32() + k * per_image, in.input.f32(), static_cast<size_t>(per_image) * sizeof(float));
+      req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
+    }
+    model_.run(batch, {"*"}, &req);
+    MAMBACV_CHECK(static_cast<int64_t>(req.out.size()) == n,
+                  "detect: the network returned " << req.out.size() << " results for " << n << " image(s)");
+    // each image's share of the forward: the shared backbone and FPN pass split evenly, its own heads
+    const double forward_ms = (now_ms() - t0) / static_cast<double>(n);
+    for (int64_t k = 0; k < n; ++k) {
+      const size_t i = group[static_cast<size_t>(k)];
+      results[i] = to_result(req.out[static_cast<size_t>(k)], req);
+      results[i].timings.backbone_ms /= static_cast<double>(n);
+      results[i].timings.fpn_ms /= static_cast<double>(n);
+      results[i].timings.preprocess_ms = prep_ms[i];
+      results[i].timings.total_ms = prep_ms[i] + forward_ms;
+    }
+  }
+  return results;
 }
 
 std::map<std::string, Tensor> Detector::forward_all(const Tensor& input, int img_height, int img_width,

@@ -5,7 +5,14 @@
 // cv::imdecode with IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION gives 8-bit BGR with EXIF orientation ignored,
 // 16-bit colour samples reduced to their high byte, gray replicated and alpha dropped without blending; 16-bit
 // grayscale PNG is clipped to 255 as PIL's mode "I" conversion does; a truncated JPEG is an error, as in PIL.
+// PNG is decoded with libpng directly, with the same conversions: OpenCV's PNG decoder leaves libpng's default
+// handlers in place, which print messages that name no file on stderr ("libpng warning: iCCP: known incorrect
+// sRGB profile", "libpng error: IDAT: CRC error"). Here libpng's errors become the error naming the file, and its
+// warnings (about metadata this decode does not use: colour profiles, text chunks) are not printed.
+#include <png.h>
 #include <sys/stat.h>
+
+#include <csetjmp>
 
 #include <algorithm>
 #include <cerrno>
@@ -75,11 +82,88 @@ bool jpeg_truncated(const uint8_t* p, size_t n) {
   return last_sos == 0 || !eoi_after;
 }
 
-// PNG header: 16-bit grayscale (IHDR bit depth 16, colour type 0). PIL opens it as mode "I" and convert("RGB")
-// clips each sample to 255; OpenCV's 8-bit decode keeps the high byte instead.
-bool png_gray16(const uint8_t* p, size_t n) {
-  static const uint8_t kSig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  return n >= 26 && std::memcmp(p, kSig, 8) == 0 && std::memcmp(p + 12, "IHDR", 4) == 0 && p[24] == 16 && p[25] == 0;
+// ---- PNG through libpng
+struct PngSource {
+  const uint8_t* data;
+  size_t size, pos;
+  char error[200];
+};
+
+void png_on_error(png_structp png, png_const_charp msg) {
+  auto* src = static_cast<PngSource*>(png_get_error_ptr(png));
+  std::snprintf(src->error, sizeof src->error, "%s", msg ? msg : "unknown libpng error");
+  png_longjmp(png, 1);
+}
+
+void png_on_warning(png_structp, png_const_charp) {}  // metadata this decode ignores (see the file comment)
+
+void png_on_read(png_structp png, png_bytep out, size_t n) {
+  auto* src = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (n > src->size - src->pos) png_error(png, "the file ends early (truncated)");
+  std::memcpy(out, src->data + src->pos, n);
+  src->pos += n;
+}
+
+// Decodes into *rgb (packed RGB rows, resized here) with the conversions of the file comment; returns false with
+// src->error set when libpng fails. Only plain data lives in this frame (libpng leaves it by longjmp).
+bool png_decode_rgb(PngSource* src, std::vector<uint8_t>* rgb, std::vector<png_bytep>* rows, int* width,
+                    int* height) {
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, src, png_on_error, png_on_warning);
+  if (!png) {
+    std::snprintf(src->error, sizeof src->error, "out of memory");
+    return false;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (!info || setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+    if (!src->error[0]) std::snprintf(src->error, sizeof src->error, "out of memory");
+    return false;
+  }
+  png_set_read_fn(png, src, png_on_read);
+  png_read_info(png, info);
+  const png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+  const int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
+  const bool gray16 = depth == 16 && type == PNG_COLOR_TYPE_GRAY;  // clipped to 255 below, as PIL's mode "I"
+  if (depth == 16 && !gray16) png_set_strip_16(png);                // the high byte
+  // alpha (and a palette's transparency, which palette_to_rgb expands into alpha) dropped, not blended
+  if ((type & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) png_set_strip_alpha(png);
+  if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (!gray16 && !(type & PNG_COLOR_MASK_COLOR)) png_set_gray_to_rgb(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  const size_t row_bytes = png_get_rowbytes(png, info), want = static_cast<size_t>(w) * (gray16 ? 2 : 3);
+  if (row_bytes != want) png_error(png, "unexpected row layout after conversion to RGB");
+  rgb->resize(static_cast<size_t>(w) * h * 3);  // gray16 rows (2 bytes a pixel) fit too
+  rows->resize(h);
+  for (png_uint_32 y = 0; y < h; ++y) (*rows)[y] = rgb->data() + static_cast<size_t>(y) * want;
+  png_read_image(png, rows->data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  if (gray16)  // big-endian samples, clipped to 255 and replicated, last pixel first (in place)
+    for (png_uint_32 y = h; y-- > 0;) {
+      uint8_t* row = rgb->data() + static_cast<size_t>(y) * want;
+      uint8_t* out = rgb->data() + static_cast<size_t>(y) * w * 3;
+      for (png_uint_32 x = w; x-- > 0;) {
+        const unsigned v = static_cast<unsigned>(row[2 * x]) << 8 | row[2 * x + 1];
+        const uint8_t g = static_cast<uint8_t>(v > 255 ? 255 : v);
+        out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = g;
+      }
+    }
+  *width = static_cast<int>(w);
+  *height = static_cast<int>(h);
+  return true;
+}
+
+bool is_png(const uint8_t* p, size_t n) { return n >= 8 && png_sig_cmp(p, 0, 8) == 0; }
+
+Image decode_png(const uint8_t* data, size_t size, const std::string& what) {
+  PngSource src{data, size, 0, {0}};
+  Image img;
+  std::vector<png_bytep> rows;
+  MAMBACV_CHECK(png_decode_rgb(&src, &img.rgb, &rows, &img.width, &img.height),
+                what << " could not be decoded as PNG: " << src.error);
+  return img;
 }
 
 // Width x height declared in a PNG (IHDR) or JPEG (first SOFn) header, or {0, 0} for other formats / none found.
@@ -120,15 +204,11 @@ Image decode_bytes(const uint8_t* data, size_t size, const std::string& what) {
   MAMBACV_CHECK(dw * dh <= kMaxImagePixels, what << " declares " << dw << "x" << dh << " pixels, more than the "
                                                  << kMaxImagePixels << " (" << (kMaxImagePixels >> 20)
                                                  << " Mpixel) an input image may have");
+  if (is_png(data, size)) return decode_png(data, size, what);
   cv::Mat m;
   try {
     cv::Mat buf(1, static_cast<int>(size), CV_8U, const_cast<uint8_t*>(data));
-    if (png_gray16(data, size)) {
-      m = cv::imdecode(buf, cv::IMREAD_GRAYSCALE | cv::IMREAD_ANYDEPTH);
-      if (!m.empty() && m.depth() == CV_16U) m.convertTo(m, CV_8U);  // saturates at 255, as PIL clips
-    } else {
-      m = cv::imdecode(buf, kDecodeFlags);
-    }
+    m = cv::imdecode(buf, kDecodeFlags);
   } catch (const cv::Exception& e) {
     MAMBACV_FAIL(what << " could not be decoded: " << first_line(e.err.c_str()));
   }

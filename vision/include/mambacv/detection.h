@@ -41,7 +41,9 @@ struct Detection {
   InstanceMask mask;   // empty counts when masks were not requested
 };
 
-// Wall time of the parts of one detect call, in milliseconds (backbone and FPN are shared by a batch).
+// Wall time of the parts of one image's detection, in milliseconds. In a batch (detect_batch, or detect(images) for
+// the images of one padded size) the backbone and FPN pass is shared: detect(images) gives each image an even share
+// of it, so the images' totals add up to the call's time; detect_batch gives every image the whole pass.
 struct DetectionTimings {
   double preprocess_ms = 0, backbone_ms = 0, fpn_ms = 0, rpn_ms = 0, box_ms = 0, mask_ms = 0, total_ms = 0;
 };
@@ -73,6 +75,11 @@ class Detector {
   // normalise, pad to 32, run, and map back (rescale=True): boxes divided by the scale factors and clipped to the
   // image, masks pasted at the original size.
   DetectionResult detect(const Image& image, const DetectOptions& opt = {}) const;
+  // Several images, one result each in their order. Images whose padded network inputs have the same size run as
+  // one batch (sharing the backbone and FPN pass); each result equals that of detect(image) alone (to float
+  // rounding where the GEMM's blocking depends on the row count: the generic fallback), because no image is padded
+  // beyond its own size (mmdetection's batched test pads to the largest image instead).
+  std::vector<DetectionResult> detect(const std::vector<Image>& images, const DetectOptions& opt = {}) const;
   // A prepared network input (1, 3, H, W) (normalised, zero padded) whose unpadded content is img_height x
   // img_width: boxes and masks refer to that unpadded input (rescale=False).
   DetectionResult detect(const Tensor& input, int img_height, int img_width, const DetectOptions& opt = {}) const;
