@@ -843,6 +843,29 @@ PYBIND11_MODULE(_mambacv, m) {
           "(H, W), "
           "'counts': COCO RLE}}], boxes and masks in the image's pixels, by descending score.")
       .def(
+          "detect_many",
+          [](const Detector& self, const py::sequence& images, std::optional<float> score_thr,
+             std::optional<int> max_per_img, bool masks, const std::string& color) {
+            std::vector<PixelView> pixels;
+            for (size_t i = 0; i < images.size(); ++i)
+              pixels.push_back(pixels_of(images[i], "Detector.detect_many: images[" + std::to_string(i) + "]", color));
+            std::vector<DetectionResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::vector<Image> ims;
+              for (const PixelView& p : pixels)
+                ims.push_back(image_from_pixels(p.data, p.width, p.height, p.stride, p.fmt));
+              r = self.detect(ims, detect_options(score_thr, max_per_img, masks));
+            }
+            py::list out;
+            for (const DetectionResult& one : r) out.append(detections_list(one, self.class_names(), masks));
+            return out;
+          },
+          py::arg("images"), py::kw_only(), py::arg("score_thr") = py::none(),
+          py::arg("max_per_img") = py::none(), py::arg("masks") = true, py::arg("color") = "rgb",
+          "A list of uint8 images -> one detect() list per image. Images of the same padded network size share a "
+          "forward; each result equals detect(image).")
+      .def(
           "detect_input",
           [](const Detector& self, py::handle x, int height, int width, std::optional<float> score_thr,
              std::optional<int> max_per_img, bool masks) {

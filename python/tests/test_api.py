@@ -100,3 +100,9 @@ def test_detector_on_an_image(fixtures):
     no_masks = det.detect(im, score_thr=0.05, max_per_img=20, masks=False)
     assert [d["box"] for d in no_masks] == [d["box"] for d in dets]
     assert all(d["mask"] is None for d in no_masks)
+    many = det.detect_many([im, im[: h // 2], im], score_thr=0.05, max_per_img=20)
+    assert len(many) == 3
+    for got, want in zip(many, [dets, det.detect(im[: h // 2], score_thr=0.05, max_per_img=20), dets]):
+        assert [d["label"] for d in got] == [d["label"] for d in want]
+        assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-5)
+    assert det.detect_many([]) == []
