@@ -174,8 +174,8 @@ TEST(HostileMemory, AllocationFailureInDetectionIsACleanError) {
   Detector::load(cfg, w).detect(x, 250, 300, opt);
   const int64_t total = allocations_made() - before;
   int failures = 0;
-  // about 100 points spread over load and forward (8 under a sanitizer, where one detection takes seconds)
-  const int64_t points = test::kUnderSanitizer ? 8 : 100;
+  // about 40 points spread over load and forward (8 under a sanitizer, where one detection takes seconds)
+  const int64_t points = test::kUnderSanitizer ? 8 : 40;
   for (int64_t k = 1; k <= total; k += std::max<int64_t>(1, total / points)) {
     arm_allocation_failure(k);
     try {

@@ -1,5 +1,6 @@
 #include "test_util.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <array>
@@ -10,7 +11,24 @@
 #include <sstream>
 #include <sys/wait.h>
 
+#include "kernels/cpu_info.h"
+
 namespace mambacv::test {
+
+namespace {
+// The MAMBACV_ISA reruns (tests/CMakeLists.txt) lower the kernels' dispatch; one whose level is the CPU's own
+// (avx2 on a CPU without AVX-512) repeats the default run, so its tests are skipped.
+class IsaRerun : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    const char* isa = std::getenv("MAMBACV_ISA");
+    if (isa && *isa && cpu::cpu_isa() == cpu::detected_isa())
+      GTEST_SKIP() << "MAMBACV_ISA=" << isa << " is this CPU's own level (" << cpu::isa_name(cpu::detected_isa())
+                   << "): the run without it covers these tests";
+  }
+};
+const ::testing::Environment* const kIsaRerun = ::testing::AddGlobalTestEnvironment(new IsaRerun);
+}  // namespace
 
 std::string fixtures_dir() {
   const char* env = std::getenv("MAMBACV_FIXTURES");
