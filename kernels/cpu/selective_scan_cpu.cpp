@@ -9,7 +9,8 @@
 //   - L is processed in blocks of kBlock tokens: phase 1 gathers the block's operands through the direction's order
 //     (converting f16 / bf16, gathering channel-strided layouts) and precomputes dt = softplus(delta + bias),
 //     dt*u, D*u, silu(z) and the B / C scalars into a per-thread buffer; phase 2 runs the recurrence and writes out;
-//   - exp is a vectorised exp2 (range reduction t - floor(t), degree-5 minimax polynomial, scalef), ~1 ulp.
+//   - exp is a vectorised exp2 (range reduction t - floor(t), degree-5 minimax polynomial, scalef), ~1 ulp;
+//   - three instantiations of the tile code: AVX-512, AVX2 (pairs of 8-lane vectors) and portable (libm).
 // Measured (2-core Zen 4, noisy shared machine, best of 200): VMamba-T stage 1 (dim 96, L 3136, N 1, 4 cross-scan
 // directions) 1.7 ms on 1 thread, 0.87 ms on 2; Vim-T layer (dim 384, L 197, N 16, 2 directions, z) 0.67 / 0.34 ms.
 // N = 16 is bound by the FP pipes (~11 vector ops per state and step, 8 of them the exp); software prefetching of
@@ -110,6 +111,22 @@ namespace scan_avx512 {
 #pragma GCC pop_options
 #endif
 }  // namespace scan_avx512
+namespace scan_avx2 {
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define MAMBACV_SCAN_AVX2 1
+#include "kernels/cpu/selective_scan_tile.inc"
+#undef MAMBACV_SCAN_AVX2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+}  // namespace scan_avx2
 namespace scan_portable {
 #include "kernels/cpu/selective_scan_tile.inc"
 }  // namespace scan_portable
@@ -132,7 +149,7 @@ void scan_all(const ExecContext& ctx, const ScanParams& p) {
   const int64_t rpg = (tpg + tpr - 1) / tpr;     // runs per group actually needed
   const int64_t items = p.batch * p.groups * rpg;
   const int nthreads = parallel_workers(ctx, items, work);
-  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  const cpu::Isa isa = cpu::cpu_isa();
   // Allocated here, not in the parallel region, so an allocation failure is an Error and not std::terminate.
   std::vector<std::unique_ptr<Workspace>> ws(static_cast<size_t>(nthreads));
   for (auto& w : ws) w = std::make_unique<Workspace>(p.N);
@@ -143,8 +160,10 @@ void scan_all(const ExecContext& ctx, const ScanParams& p) {
       const int64_t g = r / rpg;
       const int64_t c_begin = g * cpg + (r % rpg) * tpr * kW;
       const int64_t c_end = std::min((g + 1) * cpg, c_begin + tpr * kW);
-      if (avx512)
+      if (isa == cpu::Isa::Avx512)
         scan_avx512::scan_run<NT>(p, b, c_begin, c_end, wsp);
+      else if (isa == cpu::Isa::Avx2)
+        scan_avx2::scan_run<NT>(p, b, c_begin, c_end, wsp);
       else
         scan_portable::scan_run<NT>(p, b, c_begin, c_end, wsp);
     }
@@ -166,12 +185,14 @@ void selective_scan_cpu(const ExecContext& ctx, const ScanParams& p) {
 }
 
 double cpu::measure_scan_exp_rate(int threads, double seconds) {
-  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  const cpu::Isa isa = cpu::cpu_isa();
   constexpr int64_t kIters = 1 << 12;
   const double exps_per_call = static_cast<double>(scan_avx512::kExpChains) * kW * kIters;
-  return cpu::measure_parallel_rate(threads, seconds, exps_per_call, [avx512](int thread) {
+  return cpu::measure_parallel_rate(threads, seconds, exps_per_call, [isa](int thread) {
     const float seed = 0.5f + 0.001f * static_cast<float>(thread);
-    return avx512 ? scan_avx512::exp2_chains(seed, kIters) : scan_portable::exp2_chains(seed, kIters);
+    if (isa == cpu::Isa::Avx512) return scan_avx512::exp2_chains(seed, kIters);
+    if (isa == cpu::Isa::Avx2) return scan_avx2::exp2_chains(seed, kIters);
+    return scan_portable::exp2_chains(seed, kIters);
   });
 }
 
