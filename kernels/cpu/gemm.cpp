@@ -200,19 +200,22 @@ MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const void* a_, int64_t lda, const
     }
     bp += kNR256;
   }
+  // A full panel is loaded and stored without masks: vmaskmovps stores are microcoded and slow on AMD Zen.
+  const bool full = ncols == 8u * NV;
   const __m256i m0 = lane_mask8(std::min(ncols, 8u)), m1 = lane_mask8(ncols > 8 ? ncols - 8 : 0u);
+  auto load = [&](const float* p, __m256i m) { return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); };
   __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
   if (bias) {
-    bias0 = _mm256_maskload_ps(bias, m0);
-    if (NV == 2) bias1 = _mm256_maskload_ps(bias + 8, m1);
+    bias0 = load(bias, m0);
+    if (NV == 2) bias1 = load(bias + 8, m1);
   }
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     float* ci = c + i * ldc;
     __m256 x0 = c0[i], x1 = c1[i];
     if (add_c) {
-      x0 = _mm256_add_ps(x0, _mm256_maskload_ps(ci, m0));
-      if (NV == 2) x1 = _mm256_add_ps(x1, _mm256_maskload_ps(ci + 8, m1));
+      x0 = _mm256_add_ps(x0, load(ci, m0));
+      if (NV == 2) x1 = _mm256_add_ps(x1, load(ci + 8, m1));
     }
     if (bias) {
       x0 = _mm256_add_ps(x0, bias0);
@@ -222,8 +225,13 @@ MAMBACV_TARGET_AVX2 void ukr_avx2(int64_t kc, const void* a_, int64_t lda, const
       x0 = round8(x0, round);
       if (NV == 2) x1 = round8(x1, round);
     }
-    _mm256_maskstore_ps(ci, m0, x0);
-    if (NV == 2) _mm256_maskstore_ps(ci + 8, m1, x1);
+    if (full) {
+      _mm256_storeu_ps(ci, x0);
+      if (NV == 2) _mm256_storeu_ps(ci + 8, x1);
+    } else {
+      _mm256_maskstore_ps(ci, m0, x0);
+      if (NV == 2) _mm256_maskstore_ps(ci + 8, m1, x1);
+    }
   }
 }
 
