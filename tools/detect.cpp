@@ -21,8 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 const char* kDetectHelp =
     "usage: mambacv detect --model M --weights W [--score-thr T] [--json] [--draw DIR] [--no-masks] [--profile]\n"
-    "                      [--max-size LONG,SHORT] [--batch N] [--device cpu|cuda] [--dtype f32|f16|bf16] [--core v0|v1]\n"
-    "                      [--threads N] INPUT...\n"
+    "                      [--max-size LONG,SHORT] [--batch N] [--device cpu|cuda] [--dtype f32|f16|bf16]\n"
+    "                      [--core v0|v1] [--threads N] INPUT...\n"
     "M is a config with arch mask_rcnn (e.g. mask_rcnn_vmamba_tiny), W its weights (.safetensors or an mmdetection\n"
     ".pth), or --random-weights for timing runs. INPUT: image files, folders (recursive) or @list.txt. Each image\n"
     "goes through mmdetection's test pipeline (keep-ratio bilinear rescale into 1333x800, normalise, pad to 32);\n"

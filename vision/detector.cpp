@@ -135,18 +135,25 @@ DetectionResult Detector::detect(const Tensor& input, int img_height, int img_wi
 }
 
 DetectionResult Detector::detect(const Image& image, const DetectOptions& opt) const {
-  std::vector<DetectionResult> r = detect(std::vector<Image>{image}, opt);
+  std::vector<DetectionResult> r = detect_images({&image}, opt);
   return std::move(r[0]);
 }
 
 std::vector<DetectionResult> Detector::detect(const std::vector<Image>& images, const DetectOptions& opt) const {
+  std::vector<const Image*> ptrs;
+  for (const Image& image : images) ptrs.push_back(&image);
+  return detect_images(ptrs, opt);
+}
+
+std::vector<DetectionResult> Detector::detect_images(const std::vector<const Image*>& images,
+                                                     const DetectOptions& opt) const {
   check_options(opt);
   std::vector<DetectionResult> results(images.size());
   std::vector<DetectionInput> inputs;
   std::vector<double> prep_ms;
-  for (const Image& image : images) {
+  for (const Image* image : images) {
     const double t0 = now_ms();
-    inputs.push_back(prepare_detection_input(image, opt.max_long, opt.max_short, 32));  // (1, 3, pad_h, pad_w)
+    inputs.push_back(prepare_detection_input(*image, opt.max_long, opt.max_short, 32));  // (1, 3, pad_h, pad_w)
     prep_ms.push_back(now_ms() - t0);
   }
   // one forward per padded size, in the order of first appearance; the images of a group share the backbone and

@@ -97,6 +97,9 @@ class Detector {
   const std::vector<std::string>& class_names() const { return class_names_; }  // may be empty
 
  private:
+  // both detect(image) and detect(images): the images by pointer, so neither copies its pixels
+  std::vector<DetectionResult> detect_images(const std::vector<const Image*>& images, const DetectOptions& opt) const;
+
   Model model_;
   std::vector<std::string> class_names_;
 };
