@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -47,6 +48,9 @@ constexpr float kLn2 = 0.693147180559945309f;
 // 2^f on [0, 1): minimax polynomial, relative error 7.5e-8.
 constexpr float kP0 = 9.999999250636e-01f, kP1 = 6.931530732026e-01f, kP2 = 2.401536170211e-01f,
                 kP3 = 5.582631811623e-02f, kP4 = 8.989340023582e-03f, kP5 = 1.877576700020e-03f;
+// 2^f on [-0.5, 0.5] with the constant term fixed at 1 (exact at f = 0): relative error 9.1e-8 (1.6e-7 in f32).
+constexpr float kQ1 = 6.931470036507e-01f, kQ2 = 2.402224242687e-01f, kQ3 = 5.550733581185e-02f,
+                kQ4 = 9.671512991190e-03f, kQ5 = 1.326472731307e-03f;
 
 inline float load_scalar(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -65,7 +69,7 @@ struct Workspace {
     const size_t tile = static_cast<size_t>(kBlock) * kW;
     const size_t bc = static_cast<size_t>((kBlock * N + kW - 1) / kW * kW);
     const size_t nv = static_cast<size_t>(N) * kW * kMaxTiles;
-    const size_t total = 4 * tile + 2 * bc + 2 * nv + 4 * kW;
+    const size_t total = 5 * tile + 2 * bc + 2 * nv + 4 * kW;
     mem.reset(static_cast<float*>(std::aligned_alloc(64, total * sizeof(float))));
     MAMBACV_CHECK(mem != nullptr, "selective_scan: out of memory for a " << total * sizeof(float) << "-byte workspace");
     float* p = mem.get();
@@ -73,6 +77,7 @@ struct Workspace {
     dtu = p, p += tile;
     du = p, p += tile;
     gate = p, p += tile;
+    y = p, p += tile;
     Bs = p, p += bc;
     Cs = p, p += bc;
     A2 = p, p += nv;
@@ -84,6 +89,7 @@ struct Workspace {
   int64_t N;
   std::unique_ptr<float, Free> mem;
   float *dt, *dtu, *du, *gate;  // (kBlock, 16)
+  float *y;                     // (kBlock, 16): the AVX2 path's y per step
   float *Bs, *Cs;               // (kBlock, N) scalars of the tile's group
   float *A2;                    // (kMaxTiles, N, 16): A * log2(e) per tile of the run
   float *h;                     // (kMaxTiles, N, 16): states per tile of the run, kept between blocks
