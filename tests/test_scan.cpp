@@ -225,6 +225,30 @@ TEST(SelectiveScan, GoldenFixtures) {
   }
 }
 
+namespace {
+// One token-major f32 direction over (1, L, D) u / delta and a (1, L, 2N) row of B then C; run by the fast path
+// or the reference into out (1, L, D).
+ScanDirection token_major_direction(const std::vector<float>& u, const std::vector<float>& delta,
+                                    const std::vector<float>& bc, const std::vector<float>& A, int64_t L, int64_t D,
+                                    int64_t N) {
+  ScanDirection d;
+  d.u = token_major(u.data(), DType::F32, L, D);
+  d.delta = token_major(delta.data(), DType::F32, L, D);
+  d.B = token_major_bc(bc.data(), DType::F32, L, 2 * N);
+  d.C = token_major_bc(bc.data() + N, DType::F32, L, 2 * N);
+  d.A = A.data();
+  return d;
+}
+void run_one_direction(const ScanDirection& d, int64_t L, int64_t D, int64_t N, float* out, bool use_ref) {
+  ScanParams p = token_major_scan(1, D, L, N, out, DType::F32);
+  p.dirs.push_back(d);
+  if (use_ref)
+    selective_scan_ref(p);
+  else
+    selective_scan_cpu(kCtx, p);
+}
+}  // namespace
+
 // Extreme gate and time-step values: the fast path's exp / division shortcuts must agree with the reference
 // (no NaN from inf - inf, z -> -inf gives 0, z -> +inf passes the scan output through).
 TEST(SelectiveScan, FastMatchesReferenceOnExtremeValues) {
@@ -241,25 +265,12 @@ TEST(SelectiveScan, FastMatchesReferenceOnExtremeValues) {
   for (int64_t i = 0; i < D * N; ++i) A[i] = -static_cast<float>(1 + i % N);
   for (int64_t c = 0; c < D; ++c) Dv[c] = 0.5f, bias[c] = -1.0f;
   std::vector<float> fast(D * L), ref(D * L);
-  auto run = [&](float* out, bool use_ref) {
-    ScanParams p = token_major_scan(1, D, L, N, out, DType::F32);
-    ScanDirection d;
-    d.u = token_major(u.data(), DType::F32, L, D);
-    d.delta = token_major(delta.data(), DType::F32, L, D);
-    d.B = token_major_bc(bc.data(), DType::F32, L, 2 * N);
-    d.C = token_major_bc(bc.data() + N, DType::F32, L, 2 * N);
-    d.A = A.data();
-    d.D = Dv.data();
-    d.delta_bias = bias.data();
-    d.z = token_major(z.data(), DType::F32, L, D);
-    p.dirs.push_back(d);
-    if (use_ref)
-      selective_scan_ref(p);
-    else
-      selective_scan_cpu(kCtx, p);
-  };
-  run(fast.data(), false);
-  run(ref.data(), true);
+  ScanDirection d = token_major_direction(u, delta, bc, A, L, D, N);
+  d.D = Dv.data();
+  d.delta_bias = bias.data();
+  d.z = token_major(z.data(), DType::F32, L, D);
+  run_one_direction(d, L, D, N, fast.data(), false);
+  run_one_direction(d, L, D, N, ref.data(), true);
   for (int64_t i = 0; i < D * L; ++i) {
     ASSERT_EQ(std::isnan(fast[i]), std::isnan(ref[i]))
         << "element " << i << " z " << z[i] << " delta " << delta[i] << ": " << fast[i] << " vs " << ref[i];
@@ -288,23 +299,10 @@ TEST(SelectiveScan, FastMatchesReferenceWithPositiveA) {
     for (int64_t c = 0; c < D; ++c)
       for (int64_t n = 0; n < N; ++n)
         A[c * N + n] = (c < 16 && c % 3 == 0) || c == 5 ? 0.05f * static_cast<float>(1 + n % 6) : -static_cast<float>(1 + n);
-    auto run = [&](float* out, bool use_ref) {
-      ScanParams p = token_major_scan(1, D, L, N, out, DType::F32);
-      ScanDirection d;
-      d.u = token_major(u.data(), DType::F32, L, D);
-      d.delta = token_major(delta.data(), DType::F32, L, D);
-      d.B = token_major_bc(bc.data(), DType::F32, L, 2 * N);
-      d.C = token_major_bc(bc.data() + N, DType::F32, L, 2 * N);
-      d.A = A.data();
-      p.dirs.push_back(d);
-      if (use_ref)
-        selective_scan_ref(p);
-      else
-        selective_scan_cpu(kCtx, p);
-    };
+    const ScanDirection d = token_major_direction(u, delta, bc, A, L, D, N);
     std::vector<float> fast(D * L), ref(D * L);
-    run(fast.data(), false);
-    run(ref.data(), true);
+    run_one_direction(d, L, D, N, fast.data(), false);
+    run_one_direction(d, L, D, N, ref.data(), true);
     int64_t non_finite = 0;
     for (int64_t i = 0; i < D * L; ++i) {
       ASSERT_EQ(std::isnan(fast[i]), std::isnan(ref[i])) << "N " << N << " element " << i << ": " << fast[i] << " vs " << ref[i];
