@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 job="${1:?usage: tools/sanitize.sh asan|tsan [BUILD_DIR]}"
 build="${2:-build-$job}"
-# the library at -O3 as released; the tests' and the command line's own code at -O0 (instrumented, it builds in
-# half the time, and runs as fast: their work is the library's)
+# the library at -O3 as released; the tests' and the command line's own code at -O0: instrumented, that code builds
+# in less than half the time, and the suite (whose heavy work is the library's) runs about a tenth longer
 common=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DMAMBACV_CUDA=OFF -DMAMBACV_BUILD_TESTS=ON
         -DMAMBACV_TEST_OPT=-O0 -DMAMBACV_CLI_OPT=-O0)
 case "$job" in
