@@ -298,14 +298,16 @@ TEST(SelectiveScan, FastMatchesReferenceWithPositiveA) {
     for (size_t i = 0; i < bc.size(); ++i) bc[i] = 0.1f * static_cast<float>(i % 11) - 0.45f;
     for (int64_t c = 0; c < D; ++c)
       for (int64_t n = 0; n < N; ++n)
-        A[c * N + n] = (c < 16 && c % 3 == 0) || c == 5 ? 0.05f * static_cast<float>(1 + n % 6) : -static_cast<float>(1 + n);
+        A[c * N + n] = (c < 16 && c % 3 == 0) || c == 5 ? 0.05f * static_cast<float>(1 + n % 6)
+                                                         : -static_cast<float>(1 + n);
     const ScanDirection d = token_major_direction(u, delta, bc, A, L, D, N);
     std::vector<float> fast(D * L), ref(D * L);
     run_one_direction(d, L, D, N, fast.data(), false);
     run_one_direction(d, L, D, N, ref.data(), true);
     int64_t non_finite = 0;
     for (int64_t i = 0; i < D * L; ++i) {
-      ASSERT_EQ(std::isnan(fast[i]), std::isnan(ref[i])) << "N " << N << " element " << i << ": " << fast[i] << " vs " << ref[i];
+      ASSERT_EQ(std::isnan(fast[i]), std::isnan(ref[i]))
+          << "N " << N << " element " << i << ": " << fast[i] << " vs " << ref[i];
       if (!std::isfinite(ref[i])) {
         ++non_finite;
         if (std::isinf(ref[i])) {

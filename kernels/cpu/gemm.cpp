@@ -334,7 +334,9 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
   // k blocks of at most kKC (k pairs: kKC / 2), as even as possible
   const int64_t kc_lim = dot ? kKC / 2 : kKC;
   const int64_t nkb = (K + kc_lim - 1) / kc_lim, kc_max = (K + nkb - 1) / nkb;
-  const int64_t ngroups = panel_groups(mchunks, npanels, ctx.threads);
+  // enough work items for the threads: split the panels when M gives fewer than 2 chunks per thread
+  int64_t ngroups = 1;
+  if (mchunks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mchunks - 1) / mchunks);
   const int64_t items = mchunks * ngroups;
   // Packing A costs about one pass over it per work item; with few panels to reuse it over, reading A's rows in
   // place is cheaper (measured on the models' shapes: up to 8 panels per item, unless K is tiny). The bf16 dot
@@ -409,18 +411,6 @@ void with_omp_threads(const ExecContext& ctx, F&& f) {
   f();
 }
 }  // namespace
-
-int64_t panel_groups(int64_t mblocks, int64_t npanels, int threads) {
-  if (threads <= 1 || mblocks <= 0 || npanels <= 1) return 1;
-  int64_t best = 1, best_load = -1;
-  // busiest worker: ceil(items / threads) items of up to ceil(npanels / g) panels each
-  for (int64_t g = 1; g <= std::min<int64_t>(npanels, 4 * threads); ++g) {
-    const int64_t items = mblocks * g;
-    const int64_t load = (items + threads - 1) / threads * ((npanels + g - 1) / g);
-    if (best_load < 0 || load < best_load) best = g, best_load = load;
-  }
-  return best;
-}
 
 const char* gemm_backend() {
   switch (cpu::cpu_isa()) {

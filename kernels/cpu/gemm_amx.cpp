@@ -142,7 +142,8 @@ void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, co
   // work items: (32-row block of A, group of panels); a block is converted to bf16 once per item, into the
   // worker's own 32 x kp buffer, and reused over the group's panels. Groups split the panels when there are few
   // row blocks, so that every worker has work.
-  const int64_t ngroups = panel_groups(mblocks, npanels, ctx.threads);
+  int64_t ngroups = 1;
+  if (mblocks < 2 * ctx.threads) ngroups = std::min<int64_t>(npanels, (2 * ctx.threads + mblocks - 1) / mblocks);
   const int64_t items = mblocks * ngroups;
   const double work = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(W.K);
   const int workers = parallel_workers(ctx, items, work);

@@ -9,11 +9,6 @@
 
 namespace mambacv::ops {
 
-// How many groups to split a GEMM's npanels weight panels into, given `mblocks` row blocks of A, so that the work
-// items (row block, panel group), dealt to `threads` workers in contiguous runs, keep every worker equally busy:
-// the smallest group count whose busiest worker has the least panel work (a panel group of its own per row block
-// is extra packing and a smaller reuse of A, so fewer groups win ties).
-int64_t panel_groups(int64_t mblocks, int64_t npanels, int threads);
 // CPUID has AMX-TILE, AMX-BF16 and AVX512_BF16, and the OS granted this process the tile data state.
 bool amx_available();
 // A (M, K) f32, row stride lda -> dst (M, kp) uint32: bf16 pairs (k = 2j low half, 2j + 1 high), zero beyond K,
