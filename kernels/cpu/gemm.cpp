@@ -48,6 +48,7 @@ constexpr int64_t kKC = 512;
 constexpr int kMR512 = 14, kNR512 = 32;
 constexpr int kMR256 = 6, kNR256 = 16;
 constexpr int kChunkPanels = 8;  // micro-panels per M chunk
+constexpr int64_t kPrefetchSteps = 32;  // AVX-512 kernel: how far ahead in k the W panel is prefetched
 using simd::kRoundBf16;
 using simd::kRoundF16;
 using simd::kRoundF16Saturate;
@@ -135,6 +136,11 @@ MAMBACV_TARGET_AVX512 void ukr_avx512(int64_t kc, const void* a_, int64_t lda, c
 #pragma GCC unroll 14
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
+    // The W panel kPrefetchSteps k steps ahead: weights at batch 1 come from DRAM or L3 once per forward, which
+    // the hardware prefetcher alone did not hide (+7% geomean over the models' shapes on 2 threads, up to +20%;
+    // 8 steps ahead measured slower). A prefetch past the panel's end does not fault.
+    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchSteps * kNR512), _MM_HINT_T0);
+    if (NV == 2) _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchSteps * kNR512 + 16), _MM_HINT_T0);
     const __m512 b0 = load_w16(bp);
     const __m512 b1 = NV == 2 ? load_w16(bp + 16) : b0;
 #pragma GCC unroll 14
