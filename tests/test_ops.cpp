@@ -447,7 +447,7 @@ TEST(Ops, DepthwiseConv2dAsymmetric) {
 TEST(Ops, Conv1dTokensMatchesReference) {
   for (int64_t B : {1, 3})
     for (int64_t L : {1, 2, 5, 197})
-      for (int64_t C : {1, 3, 15, 16, 17, 33})
+      for (int64_t C : {1, 3, 15, 16, 17, 32, 33, 64, 97})
         for (int K : {1, 2, 4})
           for (bool reverse : {false, true})
             for (bool silu : {false, true})
