@@ -43,7 +43,6 @@ constexpr int kW = 16;      // channels per tile (SIMD lanes)
 constexpr int kBlock = 64;  // tokens per block
 constexpr int kMaxTiles = 8;  // channel tiles per work item (a run of up to 128 channels)
 constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2 = 0.693147180559945309f;
 
 // 2^f on [0, 1): minimax polynomial, relative error 7.5e-8.
 constexpr float kP0 = 9.999999250636e-01f, kP1 = 6.931530732026e-01f, kP2 = 2.401536170211e-01f,
