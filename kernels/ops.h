@@ -30,8 +30,10 @@ std::string supports_f32(const char* op, std::initializer_list<Operand> operands
 void require_f32(const char* op, std::initializer_list<Operand> operands);
 
 // ---- matrix products --------------------------------------------------------------------------------------------
-// Rounding of a product's stored values to a reduced dtype (the precision policy's rounding fused into the GEMM's
-// store; F32: none). saturate: f16 values beyond +-65504 become +-65504 (see round_to).
+// Rounding of an op's stored values to a reduced dtype: the precision policy's rounding fused into the op (the
+// GEMM's store; the norms, activations, add / mul, depthwise convolutions and dt_projection take it as their last
+// argument), giving exactly the values of the op followed by round_to. F32: none. saturate: f16 values beyond
+// +-65504 become +-65504 (see round_to).
 struct Rounding {
   DType dtype = DType::F32;
   bool saturate = false;
@@ -93,7 +95,7 @@ const char* gemm_backend();
 // (directions), W[g] (D, R) packed; x (rows, G*P) with P >= R (the [dt | B | C] rows of x_proj). One GEMM per
 // group on the strided column block; each group's delta is contiguous (rows, D), the rows the scan streams.
 void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std::vector<PackedWeight>& W,
-                   Tensor& delta);
+                   Tensor& delta, Rounding round = {});
 
 // ---- convolutions -------------------------------------------------------------------------------------------------
 // A dense 2D convolution's weights, prepared once: PyTorch w (Cout, Cin, kh, kw) + bias (Cout) or undefined.
@@ -122,7 +124,7 @@ struct DepthwiseWeight {
 DepthwiseWeight prepare_depthwise(const Tensor& w, const Tensor& bias);
 // Depthwise 2D convolution, stride 1, zero padding (ph, pw): x (B, H, W, C) -> y (B, Ho, Wo, C); silu optional.
 void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, int ph, int pw, bool silu,
-                      Tensor& y);
+                      Tensor& y, Rounding round = {});
 // Depthwise 1D convolution over tokens: x (B, L, Cx) with Cx >= C (channels [0, C) are read, so the x half of a
 // wider projection needs no copy), w prepared from (C, 1, K) (kh = 1, kw = K):
 //   causal (reverse=false): y[t] = b + sum_{k<K} w[k] * x[t - (K-1) + k]       (left zero padding K-1)
@@ -130,20 +132,20 @@ void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWe
 //   sequence, read back in original order: Vim's backward branch).  Optional silu. y (B, L, C), not aliasing x.
 // x (B, L, C) when Cx == C.
 void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, bool reverse, bool silu,
-                   Tensor& y);
+                   Tensor& y, Rounding round = {});
 
 // ---- normalisation ---------------------------------------------------------------------------------------------
 // Over the last dim of x (rows, C): LayerNorm (beta may be undefined) and RMSNorm. y may be x.
 void layer_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                Tensor& y);
-void rms_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, float eps, Tensor& y);
+                Tensor& y, Rounding round = {});
+void rms_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, float eps, Tensor& y, Rounding round = {});
 
 // ---- elementwise -------------------------------------------------------------------------------------------------
 enum class Act { Silu, Gelu, Relu, Sigmoid };  // silu x/(1+e^-x); exact gelu 0.5x(1+erf(x/sqrt2)); relu; sigmoid
 const char* act_name(Act a);
-void activate(const ExecContext& ctx, Act a, Tensor& x);  // in place
-void add(const ExecContext& ctx, Tensor& y, const Tensor& x);  // y += x (same numel)
-void mul(const ExecContext& ctx, Tensor& y, const Tensor& x);  // y *= x (same numel)
+void activate(const ExecContext& ctx, Act a, Tensor& x, Rounding round = {});  // in place
+void add(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round = {});  // y += x (same numel)
+void mul(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round = {});  // y *= x (same numel)
 // Rounds every value of x (f32) in place to the nearest value of dt (ties to even) and keeps it as f32: the
 // reduced-precision rounding points of the precision policy. F32 is a no-op. saturate: f16 values beyond its
 // range (|v| > 65504, including inf) become +-65504 instead of +-inf; NaN stays NaN. bf16 never saturates.

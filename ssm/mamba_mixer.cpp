@@ -36,13 +36,14 @@ Tensor bimamba_v2_forward(const ExecContext& ctx, const Tensor& h, const BiMamba
   const MambaDirectionWeights* dw[2] = {&w.fwd, &w.bwd};
   for (int k = 0; k < 2; ++k) {
     u[k] = ctx.empty({B, T, E});
-    ops::conv1d_tokens(ctx, xz, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k]);  // reads the x half
-    policy.apply(ctx, Boundary::Activation, u[k]);  // the fused conv + silu rounds once, at its output
+    // reads the x half; the fused conv + silu rounds once, at its output
+    ops::conv1d_tokens(ctx, xz, dw[k]->conv, /*reverse=*/k == 1, /*silu=*/true, u[k], policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, u[k]);
     xdbl[k] = ctx.empty({B, T, P});
     policy.linear(ctx, Boundary::Activation, u[k], dw[k]->x_proj, xdbl[k]);
     delta[k] = ctx.empty({B, T, E});
-    ops::dt_projection(ctx, xdbl[k], P, dw[k]->dt_proj, delta[k]);
-    policy.apply(ctx, Boundary::Activation, delta[k]);
+    ops::dt_projection(ctx, xdbl[k], P, dw[k]->dt_proj, delta[k], policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, delta[k]);
   }
 
   // y (B, T, E) = silu(z) * (scan_f + flip(scan_b)) [/ 2], each direction's output rounded to scan_out's dtype.

@@ -26,8 +26,15 @@ DType Policy::at(Boundary b) const {
   return (core == Core::V0 ? row.v0_compute : row.v1_compute) ? compute : DType::F32;
 }
 
+ops::Rounding Policy::rounding(Boundary b) const { return ops::Rounding{at(b), /*saturate=*/core == Core::V0}; }
+
 void Policy::apply(const ExecContext& ctx, Boundary b, Tensor& t) const {
-  ops::round_to(ctx, at(b), /*saturate=*/core == Core::V0, t);
+  const ops::Rounding r = rounding(b);
+  ops::round_to(ctx, r.dtype, r.saturate, t);
+  check(ctx, b, t);
+}
+
+void Policy::check(const ExecContext& ctx, Boundary b, const Tensor& t) const {
   if (watch && !watch->found && !ops::all_finite(ctx, t)) {
     watch->found = true;
     watch->first = (watch->scope.empty() ? std::string() : watch->scope + " ") + boundary_name(b) + " (core " +
@@ -36,8 +43,8 @@ void Policy::apply(const ExecContext& ctx, Boundary b, Tensor& t) const {
 }
 
 void Policy::linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const {
-  ops::linear(ctx, x, W, y, /*accumulate=*/false, ops::Rounding{at(b), /*saturate=*/core == Core::V0});
-  if (watch) apply(ctx, b, y);  // already rounded: only the check remains
+  ops::linear(ctx, x, W, y, /*accumulate=*/false, rounding(b));
+  check(ctx, b, y);
 }
 
 }  // namespace detail

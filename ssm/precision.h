@@ -3,7 +3,9 @@
 // Activations are stored f32. In a reduced compute dtype (f16 / bf16) the GEMM and convolution weights are packed
 // in it once at load (depthwise taps, norm parameters, biases, A_log / D / dt bias and the embeddings stay f32, as
 // under autocast), every matrix product accumulates in f32, the scan state and norm statistics are f32, and each
-// op's output is rounded to the dtype its boundary row names (Policy::apply; Policy::linear in the GEMM's store). The rows, with the upstream code each mirrors
+// op's output is rounded to the dtype its boundary row names (Policy::apply, or fused into the op's stores with
+// Policy::rounding: Policy::linear in the GEMM's, the norms, activations, adds and convolutions in theirs). The rows,
+// with the upstream code each mirrors
 // (VMamba classification/models/vmamba.py SS2D.forward_corev0 / forward_corev1, Vim models_mamba.py +
 // mamba_simple.py Mamba.forward with bimamba v2, residual_in_fp32=True):
 //
@@ -43,6 +45,7 @@ struct ExecContext;
 class Tensor;
 namespace ops {
 struct PackedWeight;
+struct Rounding;
 }
 }  // namespace mambacv
 
@@ -95,13 +98,17 @@ struct FiniteWatch {
 struct Policy {
   DType compute = DType::F32;
   Core core = Core::V0;
-  FiniteWatch* watch = nullptr;  // when set, apply() checks every boundary's values
+  FiniteWatch* watch = nullptr;  // when set, apply() / check() check every boundary's values
 
   // The dtype a boundary's values are rounded to (its table row under this core).
   DType at(Boundary b) const;
-  // Rounds t in place to at(b) (saturating f16 under core v0), then, when watching, records the first
-  // non-finite boundary. The one place the policy's rounding happens.
+  // The rounding of boundary b's values: to at(b), saturating f16 under core v0. The one place it is decided.
+  ops::Rounding rounding(Boundary b) const;
+  // Rounds t in place as rounding(b), then check(b).
   void apply(const ExecContext& ctx, Boundary b, Tensor& t) const;
+  // After an op that rounded its output t with rounding(b) itself: when watching, records the first non-finite
+  // boundary (no-op otherwise).
+  void check(const ExecContext& ctx, Boundary b, const Tensor& t) const;
   // y = x @ W^T (+ bias) with y's values rounded as apply(b) would, the rounding fused into the GEMM's store.
   void linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const;
   bool reduced() const { return compute != DType::F32; }

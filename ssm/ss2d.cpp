@@ -90,8 +90,8 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   if (w.with_z) {
     z = ctx.empty({B, H, W, Dd});
     policy.linear(ctx, Boundary::Activation, x, w.in_z, z);
-    ops::activate(ctx, ops::Act::Silu, z);
-    policy.apply(ctx, Boundary::Activation, z);
+    ops::activate(ctx, ops::Act::Silu, z, policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, z);
   }
 
   // u (B, H, W, Dd) = silu(depthwise conv(xin))
@@ -99,20 +99,20 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   if (w.d_conv > 1) {
     u = ctx.empty({B, H, W, Dd});
     const int pad = (w.d_conv - 1) / 2;
-    ops::depthwise_conv2d(ctx, xin, w.conv, pad, pad, /*silu=*/true, u);
+    ops::depthwise_conv2d(ctx, xin, w.conv, pad, pad, /*silu=*/true, u, policy.rounding(Boundary::Activation));
   } else {
     u = xin;
-    ops::activate(ctx, ops::Act::Silu, u);
+    ops::activate(ctx, ops::Act::Silu, u, policy.rounding(Boundary::Activation));
   }
-  policy.apply(ctx, Boundary::Activation, u);  // the fused conv + silu rounds once, at its output
+  policy.check(ctx, Boundary::Activation, u);  // the fused conv + silu rounds once, at its output
 
   // x_dbl (B, L, K*P): every direction's [dt | B | C] from one GEMM over the natural token order
   Tensor xdbl = ctx.empty({B, L, K * P});
   policy.linear(ctx, Boundary::Activation, u, w.x_proj, xdbl);
   // delta (K, B, L, Dd): delta[k] = dt_k (B*L, R) @ dt_proj[k]^T (R -> Dd)
   Tensor delta = ctx.empty({K, B, L, Dd});
-  ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta);
-  policy.apply(ctx, Boundary::Activation, delta);
+  ops::dt_projection(ctx, xdbl, P, w.dt_proj, delta, policy.rounding(Boundary::Activation));
+  policy.check(ctx, Boundary::Activation, delta);
 
   // The scan inputs already hold the compute dtype's values (their producers' activation rows rounded them), so
   // both cores read them from f32 storage: the scan_u / scan_delta / scan_B / scan_C rows change no value.
@@ -137,11 +137,11 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
 
   // y = out_norm(y) [* z];  out (+)= y @ out_proj^T
   policy.apply(ctx, Boundary::Merge, y);
-  ops::layer_norm(ctx, y, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y);
-  policy.apply(ctx, Boundary::OutNorm, y);
+  ops::layer_norm(ctx, y, w.out_norm_w, w.out_norm_b, w.out_norm_eps, y, policy.rounding(Boundary::OutNorm));
+  policy.check(ctx, Boundary::OutNorm, y);
   if (w.with_z) {
-    ops::mul(ctx, y, z);
-    policy.apply(ctx, Boundary::Gate, y);
+    ops::mul(ctx, y, z, policy.rounding(Boundary::Gate));
+    policy.check(ctx, Boundary::Gate, y);
   }
   // out_proj's input: another pass only when its dtype differs from the last boundary's (v0: f32 -> compute)
   if (policy.at(Boundary::OutProjIn) != policy.at(w.with_z ? Boundary::Gate : Boundary::OutNorm))
@@ -153,8 +153,8 @@ Tensor ss2d_forward(const ExecContext& ctx, const Tensor& x, const SS2DWeights& 
   Tensor out = ctx.empty({B, H, W, C});
   policy.linear(ctx, Boundary::OutProjOut, y, w.out_proj, out);
   if (!residual) return out;
-  ops::add(ctx, *residual, out);
-  policy.apply(ctx, Boundary::Residual, *residual);
+  ops::add(ctx, *residual, out, policy.rounding(Boundary::Residual));
+  policy.check(ctx, Boundary::Residual, *residual);
   return *residual;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -799,6 +800,85 @@ TEST(Ops, DtProjectionMatchesReference) {
           ops::ref::dt_projection(x.f32(), rows, G, P, R, w.f32(), D, yr.f32());
           EXPECT_LE(rel_l2(y, yr), kTol) << rows << " " << G << " " << R << " " << D;
         }
+}
+
+// Every op that takes a Rounding stores exactly the values of the op followed by round_to, on sizes whose rows
+// span several of the fused rounding's blocks and end in a partial one (C = 97, 5003 elements), with values
+// beyond f16's range, on 1 and 2 threads.
+TEST(Ops, FusedRoundingEqualsRoundingAfterwards) {
+  const ops::Rounding roundings[] = {{DType::BF16, false}, {DType::F16, false}, {DType::F16, true}};
+  // run(y, r): the op writing y with rounding r; y's shape fixed per case
+  struct Case {
+    const char* name;
+    Shape shape;
+    std::function<void(const ExecContext&, Tensor&, ops::Rounding)> run;
+  };
+  auto big = [](Tensor t) {  // a few values beyond +-65504
+    for (int64_t i = 0; i < t.numel(); i += 13) t.f32()[i] *= 3e5f;
+    return t;
+  };
+  const Tensor x = big(rnd({50, 97})), x2 = rnd({50, 97}), gamma = rnd({97}, 0.5f, 40000.0f), beta = rnd({97});
+  const Tensor img = big(rnd({2, 9, 11, 33})), dw_w = rnd({33, 1, 3, 3}), dw_b = rnd({33});
+  const ops::DepthwiseWeight dw = ops::prepare_depthwise(dw_w, dw_b);
+  const Tensor tok = big(rnd({2, 61, 40})), c1_w = rnd({33, 1, 4}), c1_b = rnd({33});
+  const ops::DepthwiseWeight c1 = ops::prepare_depthwise(c1_w, c1_b);
+  const Tensor dtx = big(rnd({197, 4 * 18})), dtw = rnd({4, 96, 12});
+  std::vector<ops::PackedWeight> dtp;
+  for (int64_t g = 0; g < 4; ++g) dtp.push_back(ops::pack_weight(dtw.f32() + g * 96 * 12, 12, true, 96, 12));
+  std::vector<Case> cases = {
+      {"layer_norm", {50, 97}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         ops::layer_norm(c, x, gamma, beta, 1e-5f, y, r);
+       }},
+      {"layer_norm in place", {50, 97}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         std::copy(x.f32(), x.f32() + x.numel(), y.f32());
+         ops::layer_norm(c, y, gamma, Tensor(), 1e-5f, y, r);
+       }},
+      {"rms_norm", {50, 97}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         ops::rms_norm(c, x, gamma, 1e-5f, y, r);
+       }},
+      {"add", {50, 97}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         std::copy(x.f32(), x.f32() + x.numel(), y.f32());
+         ops::add(c, y, x2, r);
+       }},
+      {"mul", {50, 97}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         std::copy(x.f32(), x.f32() + x.numel(), y.f32());
+         ops::mul(c, y, x2, r);
+       }},
+      {"depthwise_conv2d silu", {2, 9, 11, 33}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         ops::depthwise_conv2d(c, img, dw, 1, 1, /*silu=*/true, y, r);
+       }},
+      {"conv1d_tokens", {2, 61, 33}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         ops::conv1d_tokens(c, tok, c1, /*reverse=*/true, /*silu=*/false, y, r);
+       }},
+      {"dt_projection", {4, 197, 96}, [&](const ExecContext& c, Tensor& y, ops::Rounding r) {
+         ops::dt_projection(c, dtx, 18, dtp, y, r);
+       }},
+  };
+  for (ops::Act a : {ops::Act::Silu, ops::Act::Gelu, ops::Act::Relu, ops::Act::Sigmoid})
+    cases.push_back({ops::act_name(a), {5003}, [&, a](const ExecContext& c, Tensor& y, ops::Rounding r) {
+                       std::copy(x.f32(), x.f32() + 5003, y.f32());
+                       ops::activate(c, a, y, r);
+                     }});
+  for (int threads : {1, 2}) {
+    const ExecContext ctx = ExecContext::cpu(threads);
+    for (const Case& c : cases)
+      for (ops::Rounding r : roundings) {
+        Tensor fused = Tensor::empty(c.shape), after = Tensor::empty(c.shape);
+        c.run(ctx, fused, r);
+        c.run(ctx, after, ops::Rounding{});
+        ops::round_to(ctx, r.dtype, r.saturate, after);
+        int64_t changed = 0;  // the rounding did something (the case is not already representable)
+        for (int64_t i = 0; i < fused.numel(); ++i) {
+          ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
+              << c.name << " round " << dtype_name(r.dtype) << (r.saturate ? " sat" : "") << " threads " << threads
+              << " i=" << i;
+        }
+        Tensor plain = Tensor::empty(c.shape);
+        c.run(ctx, plain, ops::Rounding{});
+        for (int64_t i = 0; i < plain.numel(); ++i) changed += f32_to_bits(plain.f32()[i]) != f32_to_bits(fused.f32()[i]);
+        EXPECT_GT(changed, plain.numel() / 4) << c.name << ": the rounding changed too few values to be tested";
+      }
+  }
 }
 
 TEST(Ops, InsertTokenAddMatchesReference) {

@@ -184,20 +184,21 @@ class VimNetwork final : public Network {
       ctx.stage("layers");
       policy.scope("layers." + std::to_string(i));
       if (i > 0) {
-        ops::add(ctx, residual, h);
-        policy.apply(ctx, Boundary::ResidualStream, residual);
+        ops::add(ctx, residual, h, policy.rounding(Boundary::ResidualStream));
+        policy.check(ctx, Boundary::ResidualStream, residual);
       }
-      ops::rms_norm(ctx, residual, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed);
-      policy.apply(ctx, Boundary::Activation, normed);
+      ops::rms_norm(ctx, residual, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed,
+                    policy.rounding(Boundary::Activation));
+      policy.check(ctx, Boundary::Activation, normed);
       h = ssm::bimamba_v2_forward(ctx, normed, layers_[i].mixer, policy);
       if (i == 0 && want.has("layers.0.mixer")) out["layers.0.mixer"] = h.clone();
     }
     ctx.stage("head");
     policy.scope("head");
-    ops::add(ctx, residual, h);
-    policy.apply(ctx, Boundary::ResidualStream, residual);
-    ops::rms_norm(ctx, residual, norm_f_, static_cast<float>(cfg_.norm_eps), normed);
-    policy.apply(ctx, Boundary::Activation, normed);
+    ops::add(ctx, residual, h, policy.rounding(Boundary::ResidualStream));
+    policy.check(ctx, Boundary::ResidualStream, residual);
+    ops::rms_norm(ctx, residual, norm_f_, static_cast<float>(cfg_.norm_eps), normed, policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, normed);
 
     // features: the class token (B, D); tokens: the normed token map (B, D, gh, gw)
     Tensor feat = ops::take_token(ctx, normed, cls_pos);

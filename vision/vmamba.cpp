@@ -424,8 +424,8 @@ class VMambaNetwork final : public Network {
     for (size_t e = 0; e < embed_.size(); ++e) {
       cur = conv_ln(ctx, cur, embed_[e], "patch_embed", policy);
       if (e + 1 < embed_.size()) {
-        ops::activate(ctx, ops::Act::Gelu, cur);
-        policy.apply(ctx, Boundary::Activation, cur);
+        ops::activate(ctx, ops::Act::Gelu, cur, policy.rounding(Boundary::Activation));
+        policy.check(ctx, Boundary::Activation, cur);
       }
     }
     if (want.has("patch_embed")) emit_module_layout("patch_embed", cur);
@@ -449,20 +449,20 @@ class VMambaNetwork final : public Network {
         const Block& blk = blocks_[static_cast<size_t>(i)][j];
         policy.scope("stage." + si + ".block." + std::to_string(j));
         // x += SS2D(norm(x))
-        ops::layer_norm(ctx, cur, blk.norm_w, blk.norm_b, kLnEps, normed);
-        policy.apply(ctx, Boundary::Activation, normed);
+        ops::layer_norm(ctx, cur, blk.norm_w, blk.norm_b, kLnEps, normed, policy.rounding(Boundary::Activation));
+        policy.check(ctx, Boundary::Activation, normed);
         if (i == 0 && j == 0 && want.has("layers.0.blocks.0.op")) {
           Tensor op = ssm::ss2d_forward(ctx, normed, blk.op, ord, policy);
           emit_module_layout("layers.0.blocks.0.op", op);
-          ops::add(ctx, cur, op);
-          policy.apply(ctx, Boundary::Residual, cur);
+          ops::add(ctx, cur, op, policy.rounding(Boundary::Residual));
+          policy.check(ctx, Boundary::Residual, cur);
         } else {
           ssm::ss2d_forward(ctx, normed, blk.op, ord, policy, &cur);
         }
         // x += fc2(GELU(fc1(norm2(x))))
         if (hd > 0) {
-          ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed);
-          policy.apply(ctx, Boundary::Activation, normed);
+          ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed, policy.rounding(Boundary::Activation));
+          policy.check(ctx, Boundary::Activation, normed);
           const Tensor normed_rows = normed.reshape({BL, C});
           Tensor cur_rows = cur.reshape({BL, C});
           for (int64_t r0 = 0; r0 < BL; r0 += chunk_rows) {
@@ -470,14 +470,14 @@ class VMambaNetwork final : public Network {
             Tensor in = normed_rows.slice0(r0, r1), res = cur_rows.slice0(r0, r1);
             Tensor hidden = hidden_buf.slice0(0, r1 - r0);  // (rows, hidden)
             policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden);
-            ops::activate(ctx, ops::Act::Gelu, hidden);
-            policy.apply(ctx, Boundary::Mlp, hidden);
+            ops::activate(ctx, ops::Act::Gelu, hidden, policy.rounding(Boundary::Mlp));
+            policy.check(ctx, Boundary::Mlp, hidden);
             if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
               ops::linear(ctx, hidden, blk.fc2, res, /*accumulate=*/true);
             } else {
               policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, in);  // these rows of normed are free again
-              ops::add(ctx, res, in);
-              policy.apply(ctx, Boundary::Residual, res);
+              ops::add(ctx, res, in, policy.rounding(Boundary::Residual));
+              policy.check(ctx, Boundary::Residual, res);
             }
           }
         }
@@ -490,8 +490,8 @@ class VMambaNetwork final : public Network {
       auto on = outnorm_.find(i);
       if (c.backbone && on != outnorm_.end() && (api || want.has("features." + si))) {
         Tensor o = ctx.empty({B, H, W, C});
-        ops::layer_norm(ctx, cur, on->second.first, on->second.second, kLnEps, o);
-        policy.apply(ctx, Boundary::Activation, o);
+        ops::layer_norm(ctx, cur, on->second.first, on->second.second, kLnEps, o, policy.rounding(Boundary::Activation));
+        policy.check(ctx, Boundary::Activation, o);
         out["features." + si] = ops::nhwc_to_nchw(ctx, o);
       }
       if (i + 1 < c.stages()) {
@@ -507,8 +507,8 @@ class VMambaNetwork final : public Network {
       policy.scope("head");
       const int64_t L = cur.dim(1) * cur.dim(2), C = cur.dim(3);
       Tensor normed = ctx.empty({B, L, C});
-      ops::layer_norm(ctx, cur, cls_norm_w_, cls_norm_b_, kLnEps, normed);
-      policy.apply(ctx, Boundary::Activation, normed);
+      ops::layer_norm(ctx, cur, cls_norm_w_, cls_norm_b_, kLnEps, normed, policy.rounding(Boundary::Activation));
+      policy.check(ctx, Boundary::Activation, normed);
       Tensor pooled = ops::mean_tokens(ctx, normed);  // (B, C): the pre-logits embedding
       policy.apply(ctx, Boundary::Activation, pooled);
       if (api) out["embedding"] = pooled;
@@ -537,8 +537,8 @@ class VMambaNetwork final : public Network {
                   "input: a " << H << "x" << W << " map is too small for the " << what << " convolution");
     Tensor y = ops::conv2d(ctx, x, cw);
     policy.apply(ctx, Boundary::Activation, y);
-    ops::layer_norm(ctx, y, cl.ln_w, cl.ln_b, kLnEps, y);
-    policy.apply(ctx, Boundary::Activation, y);
+    ops::layer_norm(ctx, y, cl.ln_w, cl.ln_b, kLnEps, y, policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, y);
     return y;
   }
 
@@ -548,8 +548,8 @@ class VMambaNetwork final : public Network {
     if (cfg_.downsample != "v1") return conv_ln(ctx, x, d.conv, "downsample", policy);
     // v1, PatchMerging2D: zero-pad bottom/right to even, concat the four 2x2 phases -> LN(4C) -> Linear(4C -> Co)
     Tensor m = ops::patch_merge_2x2(ctx, x);
-    ops::layer_norm(ctx, m, d.merge_ln_w, d.merge_ln_b, kLnEps, m);
-    policy.apply(ctx, Boundary::Activation, m);
+    ops::layer_norm(ctx, m, d.merge_ln_w, d.merge_ln_b, kLnEps, m, policy.rounding(Boundary::Activation));
+    policy.check(ctx, Boundary::Activation, m);
     Tensor y = ctx.empty({m.dim(0), m.dim(1), m.dim(2), d.reduction.N});
     policy.linear(ctx, Boundary::Activation, m, d.reduction, y);
     return y;

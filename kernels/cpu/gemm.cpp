@@ -63,12 +63,7 @@ using simd::kRoundF16;
 using simd::kRoundF16Saturate;
 using simd::round16;
 using simd::round8;
-// the stored results' rounding mode (simd::round16 / round8)
-int round_mode(Rounding r) {
-  if (r.dtype == DType::BF16) return kRoundBf16;
-  if (r.dtype == DType::F16) return r.saturate ? kRoundF16Saturate : kRoundF16;
-  return 0;
-}
+using simd::round_mode;
 // C rows [0, M) x [0, N) rounded in place (the paths without a fused rounding)
 void round_block(const ExecContext& ctx, Rounding r, int64_t M, int64_t N, float* C, int64_t ldc) {
   if (r.dtype == DType::F32) return;

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/round_simd.h"
 #include "kernels/cpu/simd_math.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -261,7 +262,7 @@ void dw_row_portable(const DwArgs& a, int64_t row) {
 }  // namespace
 
 void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, int ph, int pw, bool silu,
-                      Tensor& y) {
+                      Tensor& y, Rounding round) {
   check_map("depthwise_conv2d", x, w.C);
   MAMBACV_CHECK(ph >= 0 && pw >= 0, "depthwise_conv2d: padding must be >= 0, got (" << ph << ", " << pw << ")");
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = w.C;
@@ -279,18 +280,20 @@ void depthwise_conv2d(const ExecContext& ctx, const Tensor& x, const DepthwiseWe
   const DwArgs a{x.f32(), w.taps.f32(), w.bias.defined() ? w.bias.f32() : nullptr, y.f32(), H, W, C, Ho, Wo,
                  w.kh, w.kw, ph, pw, silu};
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  const int mode = simd::round_mode(round);
   parallel_for(ctx, B * Ho, static_cast<double>(B * Ho * Wo * C * taps), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {  // output row r: y[r * Wo * C, (r + 1) * Wo * C)
       if (avx512)
         dw_row_avx512(a, r);
       else
         dw_row_portable(a, r);
+      if (mode) simd::round_span(a.y, r * Wo * C, (r + 1) * Wo * C, mode);
     }
   });
 }
 
 void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeight& w, bool reverse, bool silu,
-                   Tensor& y) {
+                   Tensor& y, Rounding round) {
   MAMBACV_CHECK(x.defined() && x.ndim() == 3 && x.dim(2) >= w.C && w.kh == 1,
                 "conv1d_tokens: expected x (B, L, >= " << w.C << ") and a (C, 1, K) weight, got "
                                                        << (x.defined() ? x.str() : "an empty tensor"));
@@ -328,8 +331,10 @@ void conv1d_tokens(const ExecContext& ctx, const Tensor& x, const DepthwiseWeigh
     }
   };
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
-  parallel_for(ctx, B * L, static_cast<double>(B * L * C * K),
-               [&](int64_t i0, int64_t i1) { detail::run_simd(avx512, body, i0, i1); });
+  const int mode = simd::round_mode(round);
+  parallel_for(ctx, B * L, static_cast<double>(B * L * C * K), [&](int64_t i0, int64_t i1) {
+    simd::rows_then_round(i0, i1, C, mode, yd, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
+  });
 }
 
 }  // namespace mambacv::ops

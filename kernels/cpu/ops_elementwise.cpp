@@ -56,39 +56,43 @@ namespace {
 constexpr double kElemWork = 4.0;  // weight of one element against kParallelMinWork
 
 // x[i] = f(x[i]), the loop compiled for AVX-512 or the baseline as cpu_isa() selects (detail::run_simd)
+// (then rounded as `mode`, see simd::rows_then_round)
 template <class F>
-void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, F f) {
+void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, int mode, F f) {
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
   auto body = [x, f](int64_t b, int64_t e) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
   };
-  parallel_for(ctx, n, static_cast<double>(n) * per_elem,
-               [&](int64_t b, int64_t e) { detail::run_simd(avx512, body, b, e); });
+  parallel_for(ctx, n, static_cast<double>(n) * per_elem, [&](int64_t b, int64_t e) {
+    simd::rows_then_round(b, e, 1, mode, x, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
+  });
 }
 }  // namespace
 
-void activate(const ExecContext& ctx, Act a, Tensor& x) {
+void activate(const ExecContext& ctx, Act a, Tensor& x, Rounding round) {
   require_f32("activate", {{"x", &x}});
+  const int mode = simd::round_mode(round);
   const int64_t n = x.numel();
   OpTrace trace(ctx, act_name(a), static_cast<double>(n) * (a == Act::Relu ? 1.0 : 4.0), 8.0 * static_cast<double>(n));
   float* d = x.f32();
   switch (a) {
     case Act::Silu:
-      return map_inplace(ctx, d, n, 4 * kElemWork, [](float v) { return detail::silu_f(v); });
+      return map_inplace(ctx, d, n, 4 * kElemWork, mode, [](float v) { return detail::silu_f(v); });
     case Act::Gelu:
-      return map_inplace(ctx, d, n, 8 * kElemWork, [](float v) { return detail::gelu_f(v); });
+      return map_inplace(ctx, d, n, 8 * kElemWork, mode, [](float v) { return detail::gelu_f(v); });
     case Act::Relu:
-      return map_inplace(ctx, d, n, kElemWork / 4, [](float v) { return v > 0.0f ? v : 0.0f; });
+      return map_inplace(ctx, d, n, kElemWork / 4, mode, [](float v) { return v > 0.0f ? v : 0.0f; });
     case Act::Sigmoid:  // libm's expf, as the detection heads always used (scores feed sorts and thresholds)
       for (int64_t i = 0; i < n; ++i) d[i] = 1.0f / (1.0f + std::exp(-d[i]));
+      if (mode) simd::round_span(d, 0, n, mode);
       return;
   }
 }
 
 namespace {
 template <class F>
-void binary_inplace(const ExecContext& ctx, const char* op, Tensor& y, const Tensor& x, F f) {
+void binary_inplace(const ExecContext& ctx, const char* op, Tensor& y, const Tensor& x, Rounding round, F f) {
   require_f32(op, {{"y", &y}, {"x", &x}});
   MAMBACV_CHECK(y.numel() == x.numel(), op << ": sizes differ, y " << y.str() << " and x " << x.str());
   const int64_t n = y.numel();
@@ -100,33 +104,21 @@ void binary_inplace(const ExecContext& ctx, const char* op, Tensor& y, const Ten
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) yd[i] = f(yd[i], xd[i]);
   };
-  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4,
-               [&](int64_t b, int64_t e) { detail::run_simd(avx512, body, b, e); });
+  const int mode = simd::round_mode(round);
+  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) {
+    simd::rows_then_round(b, e, 1, mode, yd, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
+  });
 }
 }  // namespace
 
-void add(const ExecContext& ctx, Tensor& y, const Tensor& x) {
-  binary_inplace(ctx, "add", y, x, [](float a, float b) { return a + b; });
+void add(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round) {
+  binary_inplace(ctx, "add", y, x, round, [](float a, float b) { return a + b; });
 }
-void mul(const ExecContext& ctx, Tensor& y, const Tensor& x) {
-  binary_inplace(ctx, "mul", y, x, [](float a, float b) { return a * b; });
+void mul(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round) {
+  binary_inplace(ctx, "mul", y, x, round, [](float a, float b) { return a * b; });
 }
 
 // ---- reduced-precision rounding ------------------------------------------------------------------------------
-namespace {
-// d[b, e) rounded in place, 8 lanes at a time (simd::round8), the tail through a padded copy
-__attribute__((target("avx2,fma,f16c"))) void round_span(float* d, int64_t b, int64_t e, int mode) {
-  int64_t i = b;
-  for (; i + 8 <= e; i += 8) _mm256_storeu_ps(d + i, simd::round8(_mm256_loadu_ps(d + i), mode));
-  if (i < e) {
-    alignas(32) float tail[8] = {};
-    std::copy(d + i, d + e, tail);
-    _mm256_store_ps(tail, simd::round8(_mm256_load_ps(tail), mode));
-    std::copy(tail, tail + (e - i), d + i);
-  }
-}
-}  // namespace
-
 // f16 through F16C (vcvtps2ph, round to nearest even; part of the x86-64-v3 baseline), bf16 by integer rounding
 // of the upper half (as f32_to_bf16). Both are exact round trips of the scalar conversions.
 void round_to(const ExecContext& ctx, DType dt, bool saturate, Tensor& x) {
@@ -136,8 +128,9 @@ void round_to(const ExecContext& ctx, DType dt, bool saturate, Tensor& x) {
   const int64_t n = x.numel();
   OpTrace trace(ctx, "round", 0.0, 8.0 * static_cast<double>(n));
   float* d = x.f32();
-  const int mode = dt == DType::BF16 ? simd::kRoundBf16 : saturate ? simd::kRoundF16Saturate : simd::kRoundF16;
-  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4, [&](int64_t b, int64_t e) { round_span(d, b, e, mode); });
+  const int mode = simd::round_mode({dt, saturate});
+  parallel_for(ctx, n, static_cast<double>(n) * kElemWork / 4,
+               [&](int64_t b, int64_t e) { simd::round_span(d, b, e, mode); });
 }
 
 bool all_finite(const ExecContext& ctx, const Tensor& x) {
@@ -349,7 +342,7 @@ Tensor subsample2(const ExecContext& ctx, const Tensor& x) {
 }
 
 void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std::vector<PackedWeight>& W,
-                   Tensor& delta) {
+                   Tensor& delta, Rounding round) {
   const int64_t G = static_cast<int64_t>(W.size());
   MAMBACV_CHECK(G >= 1 && x.defined() && x.ndim() >= 1 && x.dim(-1) == G * P,
                 "dt_projection: x must end in " << G << " x " << P << " columns, got " << (x.defined() ? x.str() : "none"));
@@ -361,7 +354,7 @@ void dt_projection(const ExecContext& ctx, const Tensor& x, int64_t P, const std
                 "dt_projection: delta must be (" << G << ", " << rows << ", " << D << "), got " << delta.str());
   require_f32("dt_projection", {{"x", &x}, {"delta", &delta}});
   for (int64_t g = 0; g < G; ++g)
-    gemm(ctx, rows, x.f32() + g * P, G * P, W[static_cast<size_t>(g)], delta.f32() + g * rows * D, D);
+    gemm(ctx, rows, x.f32() + g * P, G * P, W[static_cast<size_t>(g)], delta.f32() + g * rows * D, D, 0.0f, round);
 }
 
 // ---- bicubic resize ------------------------------------------------------------------------------------------------

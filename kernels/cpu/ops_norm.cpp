@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/round_simd.h"
 #include "kernels/cpu/simd_math.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -11,9 +12,9 @@
 namespace mambacv::ops {
 
 namespace {
-// x (rows, C) -> y (rows, C); gamma (C), beta (C) or null
+// x (rows, C) -> y (rows, C); gamma (C), beta (C) or null; y rounded as `mode` (simd::rows_then_round)
 void layer_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t C, const float* gamma,
-                    const float* beta, float eps, float* y) {
+                    const float* beta, float eps, float* y, int mode) {
   const float inv_c = 1.0f / static_cast<float>(C);
   auto body = [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -51,12 +52,13 @@ void layer_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_
     }
   };
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
-  parallel_for(ctx, rows, static_cast<double>(rows * C),
-               [&](int64_t r0, int64_t r1) { detail::run_simd(avx512, body, r0, r1); });
+  parallel_for(ctx, rows, static_cast<double>(rows * C), [&](int64_t r0, int64_t r1) {
+    simd::rows_then_round(r0, r1, C, mode, y, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
+  });
 }
 
 void rms_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t C, const float* gamma, float eps,
-                  float* y) {
+                  float* y, int mode) {
   const float inv_c = 1.0f / static_cast<float>(C);
   auto body = [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -75,8 +77,9 @@ void rms_norm_f32(const ExecContext& ctx, const float* x, int64_t rows, int64_t 
     }
   };
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
-  parallel_for(ctx, rows, static_cast<double>(rows * C),
-               [&](int64_t r0, int64_t r1) { detail::run_simd(avx512, body, r0, r1); });
+  parallel_for(ctx, rows, static_cast<double>(rows * C), [&](int64_t r0, int64_t r1) {
+    simd::rows_then_round(r0, r1, C, mode, y, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
+  });
 }
 
 // rows of x over its last dim, with gamma (and beta) of that width, y of x's shape
@@ -95,7 +98,7 @@ int64_t check_norm(const char* op, const Tensor& x, const Tensor& gamma, const T
 }  // namespace
 
 void layer_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                Tensor& y) {
+                Tensor& y, Rounding round) {
   const int64_t rows = check_norm("layer_norm", x, gamma, &beta, y);
   if (beta.defined()) {
     require_f32("layer_norm", {{"x", &x}, {"gamma", &gamma}, {"beta", &beta}, {"y", &y}});
@@ -106,15 +109,16 @@ void layer_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, co
   // sum, centre, square+sum, normalise, scale[, shift]
   OpTrace trace(ctx, "layer_norm", static_cast<double>(rows * C) * (beta.defined() ? 8.0 : 7.0),
                 8.0 * static_cast<double>(rows * C));
-  layer_norm_f32(ctx, x.f32(), rows, C, gamma.f32(), beta.defined() ? beta.f32() : nullptr, eps, y.f32());
+  layer_norm_f32(ctx, x.f32(), rows, C, gamma.f32(), beta.defined() ? beta.f32() : nullptr, eps, y.f32(),
+                 simd::round_mode(round));
 }
 
-void rms_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, float eps, Tensor& y) {
+void rms_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, float eps, Tensor& y, Rounding round) {
   const int64_t rows = check_norm("rms_norm", x, gamma, nullptr, y);
   require_f32("rms_norm", {{"x", &x}, {"gamma", &gamma}, {"y", &y}});
   const int64_t C = x.dim(-1);
   OpTrace trace(ctx, "rms_norm", static_cast<double>(rows * C) * 4.0, 8.0 * static_cast<double>(rows * C));
-  rms_norm_f32(ctx, x.f32(), rows, C, gamma.f32(), eps, y.f32());
+  rms_norm_f32(ctx, x.f32(), rows, C, gamma.f32(), eps, y.f32(), simd::round_mode(round));
 }
 
 }  // namespace mambacv::ops

@@ -1,8 +1,14 @@
 // kernels/cpu/round_simd.h - (internal) rounding of f32 vectors to f16 / bf16 values, kept as f32: the one
-// vector form of ops::round_to, used by it and by the GEMM stores (gemm.cpp, gemm_amx.cpp).
+// vector form of ops::round_to, used by it, by the GEMM stores (gemm.cpp, gemm_amx.cpp) and by the ops that round
+// their own outputs (ops::Rounding arguments: norms, activations, in-place arithmetic, depthwise convolutions).
 #pragma once
 
 #include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/ops.h"
 
 namespace mambacv::ops::simd {
 
@@ -40,6 +46,42 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 round8(__m256 v, int mode
   if (mode == kRoundF16Saturate)
     v = _mm256_max_ps(_mm256_set1_ps(-65504.0f), _mm256_min_ps(_mm256_set1_ps(65504.0f), v));
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// The mode of a Rounding (0 for F32: nothing to do).
+inline int round_mode(Rounding r) {
+  if (r.dtype == DType::BF16) return kRoundBf16;
+  if (r.dtype == DType::F16) return r.saturate ? kRoundF16Saturate : kRoundF16;
+  return 0;
+}
+
+// d[b, e) rounded in place as `mode` (not 0), 8 lanes at a time, the tail through a padded copy
+__attribute__((target("avx2,fma,f16c"))) inline void round_span(float* d, int64_t b, int64_t e, int mode) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) _mm256_storeu_ps(d + i, round8(_mm256_loadu_ps(d + i), mode));
+  if (i < e) {
+    alignas(32) float tail[8] = {};
+    std::copy(d + i, d + e, tail);
+    _mm256_store_ps(tail, round8(_mm256_load_ps(tail), mode));
+    std::copy(tail, tail + (e - i), d + i);
+  }
+}
+
+// body(s, t) over the rows [b, e) of an op whose row r writes y[r * width, (r + 1) * width), in blocks of about
+// 8 KB of output, each block rounded as `mode` right after body wrote it (while it is in L1): the same values as
+// rounding the whole output afterwards, without a second pass over memory. mode 0: body(b, e) once.
+template <class F>
+void rows_then_round(int64_t b, int64_t e, int64_t width, int mode, float* y, F&& body) {
+  if (mode == 0) {
+    body(b, e);
+    return;
+  }
+  const int64_t step = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, width));
+  for (int64_t s = b; s < e; s += step) {
+    const int64_t t = std::min(e, s + step);
+    body(s, t);
+    round_span(y, s * width, t * width, mode);
+  }
 }
 
 }  // namespace mambacv::ops::simd
