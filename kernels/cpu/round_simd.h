@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 
 namespace mambacv::ops::simd {
@@ -55,8 +56,18 @@ inline int round_mode(Rounding r) {
   return 0;
 }
 
-// d[b, e) rounded in place as `mode` (not 0), 8 lanes at a time, the tail through a padded copy
-__attribute__((target("avx2,fma,f16c"))) inline void round_span(float* d, int64_t b, int64_t e, int mode) {
+// d[b, e) rounded in place as `mode` (not 0): 16 lanes at a time with a masked tail where cpu_isa() is AVX-512,
+// else 8 at a time, the tail through a padded copy.
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) inline void round_span_avx512(
+    float* d, int64_t b, int64_t e, int mode) {
+  int64_t i = b;
+  for (; i + 16 <= e; i += 16) _mm512_storeu_ps(d + i, round16(_mm512_loadu_ps(d + i), mode));
+  if (i < e) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (e - i)) - 1u);
+    _mm512_mask_storeu_ps(d + i, m, round16(_mm512_maskz_loadu_ps(m, d + i), mode));
+  }
+}
+__attribute__((target("avx2,fma,f16c"))) inline void round_span_avx2(float* d, int64_t b, int64_t e, int mode) {
   int64_t i = b;
   for (; i + 8 <= e; i += 8) _mm256_storeu_ps(d + i, round8(_mm256_loadu_ps(d + i), mode));
   if (i < e) {
@@ -65,6 +76,12 @@ __attribute__((target("avx2,fma,f16c"))) inline void round_span(float* d, int64_
     _mm256_store_ps(tail, round8(_mm256_load_ps(tail), mode));
     std::copy(tail, tail + (e - i), d + i);
   }
+}
+inline void round_span(float* d, int64_t b, int64_t e, int mode) {
+  if (cpu::cpu_isa() == cpu::Isa::Avx512)
+    round_span_avx512(d, b, e, mode);
+  else
+    round_span_avx2(d, b, e, mode);
 }
 
 // body(s, t) over the rows [b, e) of an op whose row r writes y[r * width, (r + 1) * width), in blocks of about
