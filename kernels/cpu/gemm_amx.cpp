@@ -117,6 +117,16 @@ MAMBACV_TARGET_AMX void amx_block(const uint32_t* a, int64_t kp, const uint16_t*
   if (kTwoM && kTwoN) _tile_stored(3, tmp + 16 * 32 + 16, 128);
 }
 
+// the 128-byte rows [0, rows) of a C block (row stride ldc) fetched for writing. Every AMX CPU has PREFETCHW; the
+// instruction is written out because the compilers' intrinsic / builtin need the prfchw target in different ways.
+inline void prefetchw(const float* p) { asm volatile("prefetchw %0" : : "m"(*p)); }
+void prefetch_for_write(const float* c, int64_t ldc, int rows) {
+  for (int i = 0; i < rows; ++i) {
+    prefetchw(c + i * ldc);
+    prefetchw(c + i * ldc + 16);
+  }
+}
+
 MAMBACV_TARGET_AMX void tiles_on() { _tile_loadconfig(&kTileConfig); }
 MAMBACV_TARGET_AMX void tiles_off() { _tile_release(); }
 }  // namespace
@@ -167,13 +177,7 @@ void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, co
         const unsigned ncols = static_cast<unsigned>(std::min<int64_t>(W.nr, N - p * W.nr));
         const uint16_t* bp = panels + p * kp * 64;
         const bool two_m = rows > 16, two_n = ncols > 16;
-        if (p + 1 < p1) {  // the next block's C lines, fetched for writing while this one computes (see top)
-          float* next = C + r0 * ldc + (p + 1) * W.nr;
-          for (int i = 0; i < rows; ++i) {
-            _m_prefetchw(next + i * ldc);
-            _m_prefetchw(next + i * ldc + 16);
-          }
-        }
+        if (p + 1 < p1) prefetch_for_write(C + r0 * ldc + (p + 1) * W.nr, ldc, rows);  // the next block's (see top)
         if (two_m && two_n) amx_block<true, true>(a, kp, bp, tmp);
         else if (two_m) amx_block<true, false>(a, kp, bp, tmp);
         else if (two_n) amx_block<false, true>(a, kp, bp, tmp);
