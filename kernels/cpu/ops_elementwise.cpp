@@ -55,8 +55,8 @@ namespace {
 // Elementwise loops are memory bound: parallel only when large (a team wake-up costs a few microseconds).
 constexpr double kElemWork = 4.0;  // weight of one element against kParallelMinWork
 
-// x[i] = f(x[i]), the loop compiled for AVX-512 or the baseline as cpu_isa() selects (detail::run_simd)
-// (then rounded as `mode`, see simd::rows_then_round)
+// x[i] = f(x[i]), then rounded as `mode` (simd::rows_then_round), the loop compiled for AVX-512 or the baseline as
+// cpu_isa() selects (detail::run_simd)
 template <class F>
 void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, int mode, F f) {
   const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
