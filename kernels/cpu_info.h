@@ -8,6 +8,7 @@
 // loops), "avx2" the AVX2 kernels.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 #include <string>
@@ -30,6 +31,8 @@ Isa cpu_isa();                   // the level the kernels use (CPU, build and MA
 Isa detected_isa();              // the highest level the CPU and the build support, before any override
 // One line naming the CPU's vector features of interest, e.g. "avx2 fma avx512f avx512bw avx512_bf16".
 std::string feature_string();
+// The L2 cache of one core in bytes, as the C library reports it (1 MiB where it reports none).
+int64_t l2_cache_bytes();
 
 }  // namespace mambacv::cpu
 

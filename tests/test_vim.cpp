@@ -1,13 +1,16 @@
 // Vim end to end against the upstream goldens, plus bad input and the verify command.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include <thread>
 
+#include "kernels/cpu_info.h"
 #include "mambacv/mambacv.h"
 #include "test_util.h"
+#include "vision/network.h"
 
 using namespace mambacv;
 using mambacv::test::fixture;
@@ -73,6 +76,44 @@ TEST(Vim, BatchItemsAreIndependent) {
     Tensor one = f.model.classify(x.slice0(b, b + 1).clone());
     expect_close(one, full.slice0(b, b + 1).clone(), 1e-5, "batch item " + std::to_string(b));
   }
+}
+
+TEST(Vim, BatchGroupsGiveTheWholeBatchsOutputs) {
+  // the layers run over groups of images (Options::batch_group); every grouping, uneven last groups included,
+  // gives the bits of the whole batch run at once, in every output the network produces
+  const ModelConfig cfg = load_model_config("vim_tiny");
+  const Tensor x = test::random_tensor({5, 3, 64, 48}, 3);
+  std::map<std::string, Tensor> whole;
+  for (int group : {5, 1, 2, 3, 0}) {
+    Options o;
+    o.batch_group = group;
+    const Model m = Model::random(cfg, o, 11);
+    const std::map<std::string, Tensor> out = m.forward_all(x);
+    if (whole.empty()) {
+      whole = out;
+      ASSERT_TRUE(whole.count("layers.0.mixer") && whole.count("tokens") && whole.count("logits"));
+      continue;
+    }
+    ASSERT_EQ(out.size(), whole.size()) << "group " << group;
+    for (const auto& [name, t] : whole) {
+      ASSERT_TRUE(out.count(name)) << name;
+      const Tensor& got = out.at(name);
+      ASSERT_EQ(got.shape(), t.shape()) << name;
+      EXPECT_EQ(std::memcmp(got.raw(), t.raw(), t.nbytes()), 0) << name << " differs with groups of " << group;
+    }
+  }
+  Options bad;
+  bad.batch_group = -1;
+  EXPECT_THROW(Model::random(cfg, bad), Error);
+}
+
+TEST(Vim, GroupSizeFollowsTheL2Cache) {
+  const int64_t budget = cpu::l2_cache_bytes() * 3 / 4;
+  EXPECT_EQ(detail::images_per_group(0, 64, budget / 3), 3);
+  EXPECT_EQ(detail::images_per_group(0, 2, budget / 3), 2);       // never more than the batch
+  EXPECT_EQ(detail::images_per_group(0, 64, 4 * budget), 1);      // at least one
+  EXPECT_EQ(detail::images_per_group(7, 64, 4 * budget), 7);      // a requested count is taken as given
+  EXPECT_EQ(detail::images_per_group(7, 5, 1), 5);
 }
 
 TEST(Vim, OtherResolutionsInterpolatePositionEmbedding) {

@@ -114,7 +114,8 @@ std::string model_options_help() {
        "                      the compute dtype (the merge is still summed in fp32). Identical in f32 up to\n"
        "                      summation order; the released checkpoints were trained with v0 (default v0)\n"
        "  --threads N         threads of each call (default 0: all cores; more than the cores warns)\n"
-       "  --check-finite      check every precision boundary for NaN / Inf and name the first\n";
+       "  --check-finite      check every precision boundary for NaN / Inf and name the first\n"
+       "  --batch-group N     images run through the layers together (default 0: as many as stay in the L2 cache)\n";
   return h.str();
 }
 
@@ -136,6 +137,9 @@ Options Args::model_options() const {
   }
   o.threads = get_int("threads", 0);
   o.check_finite = has("check-finite");
+  o.batch_group = get_int("batch-group", 0);
+  MAMBACV_USAGE_CHECK(o.batch_group >= 0 && o.batch_group <= 1 << 20,
+                      "--batch-group: expected 0 (chosen from the L2 cache) or a count of images, got " << o.batch_group);
   MAMBACV_USAGE_CHECK(o.threads >= 0 && o.threads <= 1024,
                       "--threads: expected 0 (all cores) or a count up to 1024, got " << o.threads);
   const unsigned cores = std::thread::hardware_concurrency();

@@ -57,6 +57,6 @@ class Args {
 std::string model_options_help();
 
 // The options every model command accepts.
-inline const std::set<std::string> kModelOptions = {"device", "dtype", "core", "threads"};
+inline const std::set<std::string> kModelOptions = {"device", "dtype", "core", "threads", "batch-group"};
 
 }  // namespace mambacv::cli

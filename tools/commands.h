@@ -54,6 +54,7 @@ double measure_gemm_gflops(int threads);
 struct MachineReport {
   std::string cpu, features, isa, gemm_backend;
   int threads = 1;
+  int64_t l2_cache_bytes = 0;
   double fma_peak_gflops = 0, gemm_gflops = 0;
   nlohmann::ordered_json json() const;
   void print() const;

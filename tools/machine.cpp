@@ -111,6 +111,7 @@ MachineReport measure_machine(int threads) {
   m.threads = resolve_threads(threads);
   m.cpu = cpu::cpu_name();
   m.features = cpu::feature_string();
+  m.l2_cache_bytes = cpu::l2_cache_bytes();
   m.isa = cpu::isa_name(cpu::cpu_isa());
   m.gemm_backend = ops::gemm_backend();
   m.fma_peak_gflops = cpu::measure_fma_peak_gflops(m.threads);
@@ -121,6 +122,7 @@ MachineReport measure_machine(int threads) {
 nlohmann::ordered_json MachineReport::json() const {
   return {{"cpu", cpu},
           {"cpu_features", features},
+          {"l2_cache_bytes", l2_cache_bytes},
           {"threads", threads},
           {"isa", {{"gemm", gemm_backend}, {"selective_scan", isa}, {"depthwise_conv", isa}, {"elementwise", isa}}},
           {"fma_peak_gflops", fma_peak_gflops},
@@ -128,7 +130,8 @@ nlohmann::ordered_json MachineReport::json() const {
 }
 
 void MachineReport::print() const {
-  std::printf("cpu %s (%s)\n", cpu.c_str(), features.c_str());
+  std::printf("cpu %s (%s), L2 %lld KB per core\n", cpu.c_str(), features.c_str(),
+              static_cast<long long>(l2_cache_bytes >> 10));
   std::printf("kernels: gemm %s, selective scan %s, depthwise conv %s  (MAMBACV_ISA=avx512|avx2|generic lowers)\n",
               gemm_backend.c_str(), isa.c_str(), isa.c_str());
   std::printf("machine fp32 on %d threads: FMA peak %.1f GFLOP/s, GEMM %.1f GFLOP/s (1024^3, packed, %.0f%% of peak)\n",

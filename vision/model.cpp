@@ -31,6 +31,8 @@ detail::Policy make_policy(const Options& opt) {
                 "--threads: expected 0 (all cores) or a count up to " << kMaxThreads << ", got " << opt.threads);
   MAMBACV_CHECK(opt.host_cache_mb <= (1 << 20), "host_cache_mb: expected at most 1048576 (1 TiB), got "
                                                      << opt.host_cache_mb);
+  MAMBACV_CHECK(opt.batch_group >= 0, "batch_group: expected 0 (chosen from the L2 cache) or a count of images, got "
+                                          << opt.batch_group);
   detail::Policy p;
   p.compute = opt.dtype;
   p.core = opt.core;
@@ -214,6 +216,7 @@ std::map<std::string, Tensor> Model::run(const Tensor& x, const std::vector<std:
   call.policy = make_policy(opt_);
   call.wanted.names.insert(wanted.begin(), wanted.end());
   call.detection = detection;
+  call.batch_group = opt_.batch_group;
   if (!opt_.check_finite) return net_->forward(ctx, call);
   detail::FiniteWatch watch;
   call.policy.watch = &watch;

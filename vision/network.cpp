@@ -1,5 +1,9 @@
 #include "vision/network.h"
 
+#include <algorithm>
+
+#include "kernels/cpu_info.h"
+
 namespace mambacv::detail {
 
 std::unique_ptr<Network> make_vim_network(const ModelConfig& mc);
@@ -24,6 +28,12 @@ std::unique_ptr<Network> checked(std::unique_ptr<Network> net, const ModelConfig
   return net;
 }
 }  // namespace
+
+int64_t images_per_group(int64_t requested, int64_t batch, int64_t bytes_per_image) {
+  const int64_t budget = cpu::l2_cache_bytes() * 3 / 4;
+  const int64_t g = requested > 0 ? requested : budget / std::max<int64_t>(1, bytes_per_image);
+  return std::clamp<int64_t>(g, 1, std::max<int64_t>(1, batch));
+}
 
 std::unique_ptr<Network> make_network(const ModelConfig& mc) {
   if (mc.arch == "vim") return checked(make_vim_network(mc), mc);

@@ -31,7 +31,13 @@ struct ForwardCall {
   Policy policy;
   Wanted wanted;
   DetectionCall* detection = nullptr;
+  int batch_group = 0;    // Options::batch_group: 0 chooses with images_per_group
 };
+
+// How many of `batch` images a network runs through its layers together: `requested` when > 0, else as many as
+// keep a group's `bytes_per_image` (the largest activation of one image in a layer) within 3/4 of one core's L2
+// cache; at least 1, at most `batch`.
+int64_t images_per_group(int64_t requested, int64_t batch, int64_t bytes_per_image);
 
 class Network {
  public:

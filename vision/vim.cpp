@@ -1,6 +1,8 @@
 // Vim (Vision Mamba), bidirectional "v2" blocks, middle class token, absolute position embedding.
 // Mirrors hustvl/Vim vim/models_mamba.py VisionMamba.forward_features / forward (MODELS.md §2).
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -177,28 +179,37 @@ class VimNetwork final : public Network {
     Tensor residual = ops::insert_token_add(ctx, patches, cls_token_, cls_pos, *pos);
     policy.apply(ctx, Boundary::Activation, residual);
 
-    // layers: residual stream in fp32; h = Mixer(RMSNorm(residual)); residual += h (first layer: residual = x)
+    // layers: residual stream in fp32; h = Mixer(RMSNorm(residual)); residual += h (first layer: residual = x);
+    // then norm_f. Images are independent here, so the layers run over groups of images (residual, normed:
+    // (g, T, D) row slices) whose activations stay in cache; the widest is in_proj's (T, 2 * d_inner) output.
     Tensor normed = ctx.empty({B, T, D});
-    Tensor h;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      ctx.stage("layers");
-      policy.scope("layers." + std::to_string(i));
-      if (i > 0) {
-        ops::add(ctx, residual, h, policy.rounding(Boundary::ResidualStream));
-        policy.check(ctx, Boundary::ResidualStream, residual);
+    Tensor first_mixer = want.has("layers.0.mixer") ? ctx.empty({B, T, D}) : Tensor();
+    const int64_t group = images_per_group(call.batch_group, B, T * 2 * cfg_.expand * D * 4);
+    for (int64_t b0 = 0; b0 < B; b0 += group) {
+      const int64_t b1 = std::min(B, b0 + group);
+      Tensor res = residual.slice0(b0, b1), nrm = normed.slice0(b0, b1);
+      Tensor h;
+      for (size_t i = 0; i < layers_.size(); ++i) {
+        ctx.stage("layers");
+        policy.scope("layers." + std::to_string(i));
+        if (i > 0) {
+          ops::add(ctx, res, h, policy.rounding(Boundary::ResidualStream));
+          policy.check(ctx, Boundary::ResidualStream, res);
+        }
+        ops::rms_norm(ctx, res, layers_[i].norm, static_cast<float>(cfg_.norm_eps), nrm,
+                      policy.rounding(Boundary::Activation));
+        policy.check(ctx, Boundary::Activation, nrm);
+        h = ssm::bimamba_v2_forward(ctx, nrm, layers_[i].mixer, policy);
+        if (i == 0 && first_mixer.defined()) std::memcpy(first_mixer.slice0(b0, b1).f32(), h.f32(), h.nbytes());
       }
-      ops::rms_norm(ctx, residual, layers_[i].norm, static_cast<float>(cfg_.norm_eps), normed,
-                    policy.rounding(Boundary::Activation));
-      policy.check(ctx, Boundary::Activation, normed);
-      h = ssm::bimamba_v2_forward(ctx, normed, layers_[i].mixer, policy);
-      if (i == 0 && want.has("layers.0.mixer")) out["layers.0.mixer"] = h.clone();
+      ctx.stage("head");
+      policy.scope("head");
+      ops::add(ctx, res, h, policy.rounding(Boundary::ResidualStream));
+      policy.check(ctx, Boundary::ResidualStream, res);
+      ops::rms_norm(ctx, res, norm_f_, static_cast<float>(cfg_.norm_eps), nrm, policy.rounding(Boundary::Activation));
+      policy.check(ctx, Boundary::Activation, nrm);
     }
-    ctx.stage("head");
-    policy.scope("head");
-    ops::add(ctx, residual, h, policy.rounding(Boundary::ResidualStream));
-    policy.check(ctx, Boundary::ResidualStream, residual);
-    ops::rms_norm(ctx, residual, norm_f_, static_cast<float>(cfg_.norm_eps), normed, policy.rounding(Boundary::Activation));
-    policy.check(ctx, Boundary::Activation, normed);
+    if (first_mixer.defined()) out["layers.0.mixer"] = first_mixer;
 
     // features: the class token (B, D); tokens: the normed token map (B, D, gh, gw)
     Tensor feat = ops::take_token(ctx, normed, cls_pos);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -137,6 +138,14 @@ Isa detected_isa() {
 Isa cpu_isa() {
   static const Isa i = choose_isa();
   return i;
+}
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return n > 0 ? static_cast<int64_t>(n) : int64_t{1} << 20;
+  }();
+  return bytes;
 }
 
 std::string feature_string() {
