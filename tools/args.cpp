@@ -115,7 +115,8 @@ std::string model_options_help() {
        "                      summation order; the released checkpoints were trained with v0 (default v0)\n"
        "  --threads N         threads of each call (default 0: all cores; more than the cores warns)\n"
        "  --check-finite      check every precision boundary for NaN / Inf and name the first\n"
-       "  --batch-group N     images run through the layers together (default 0: as many as stay in the L2 cache)\n";
+       "  --batch-group N     images Vim runs through its layers together (default 0: as many as stay in the L2\n"
+       "                      cache)\n";
   return h.str();
 }
 
@@ -139,7 +140,7 @@ Options Args::model_options() const {
   o.check_finite = has("check-finite");
   o.batch_group = get_int("batch-group", 0);
   MAMBACV_USAGE_CHECK(o.batch_group >= 0 && o.batch_group <= 1 << 20,
-                      "--batch-group: expected 0 (chosen from the L2 cache) or a count of images, got " << o.batch_group);
+                      "--batch-group: expected 0 (chosen from the L2 cache) or a count of images up to 1048576, got " << o.batch_group);
   MAMBACV_USAGE_CHECK(o.threads >= 0 && o.threads <= 1024,
                       "--threads: expected 0 (all cores) or a count up to 1024, got " << o.threads);
   const unsigned cores = std::thread::hardware_concurrency();
