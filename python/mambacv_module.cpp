@@ -349,7 +349,7 @@ py::array image_to_numpy(Image&& im) {
 
 // ---- options -------------------------------------------------------------------------------------------
 Options make_options(const std::string& device, const std::string& dtype, const std::string& core,
-                     int threads, int host_cache_mb, bool check_finite) {
+                     int threads, int host_cache_mb, bool check_finite, int batch_group) {
   Options o;
   try {
     o.device = parse_device(device);
@@ -371,6 +371,10 @@ Options make_options(const std::string& device, const std::string& dtype, const 
   o.threads = threads;
   o.host_cache_mb = host_cache_mb;
   o.check_finite = check_finite;
+  if (batch_group < 0)
+    throw Error("batch_group: expected 0 (chosen from the L2 cache) or a count of images, got " +
+                std::to_string(batch_group));
+  o.batch_group = batch_group;
   return o;
 }
 
@@ -382,6 +386,7 @@ py::dict options_dict(const Options& o) {
   d["threads"] = o.threads;
   d["host_cache_mb"] = o.host_cache_mb;
   d["check_finite"] = o.check_finite;
+  d["batch_group"] = o.batch_group;
   return d;
 }
 
@@ -494,7 +499,8 @@ DetectOptions detect_options(std::optional<float> score_thr, std::optional<int> 
 // The inference options every load takes, as keyword-only arguments.
 #define MAMBACV_OPTION_ARGS                                                                   \
   py::kw_only(), py::arg("device") = "cpu", py::arg("dtype") = "f32", py::arg("core") = "v0", \
-                 py::arg("threads") = 0, py::arg("host_cache_mb") = -1, py::arg("check_finite") = false
+                 py::arg("threads") = 0, py::arg("host_cache_mb") = -1, py::arg("check_finite") = false, \
+                 py::arg("batch_group") = 0
 
 }  // namespace
 
@@ -608,7 +614,7 @@ PYBIND11_MODULE(_mambacv, m) {
       [](const std::string& config, std::optional<std::string> weights, py::object x,
          const std::string& dtype, int threads, uint64_t seed) {
         ModelConfig cfg = config_arg("check_cores", config);
-        const Options o = make_options("cpu", dtype, "v0", threads, -1, false);
+        const Options o = make_options("cpu", dtype, "v0", threads, -1, false, 0);
         std::optional<WeightFile> wf;
         if (weights || !cfg.weights.empty()) wf = weights_arg("check_cores", cfg, weights);
         InputView in;
@@ -663,8 +669,8 @@ PYBIND11_MODULE(_mambacv, m) {
           "load",
           [](const std::string& config, std::optional<std::string> weights, const std::string& device,
              const std::string& dtype, const std::string& core, int threads, int host_cache_mb,
-             bool check_finite) {
-            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite);
+             bool check_finite, int batch_group) {
+            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite, batch_group);
             py::gil_scoped_release nogil;
             ModelConfig cfg = config_arg("Model.load", config);
             WeightFile w = weights_arg("Model.load", cfg, weights);
@@ -677,8 +683,8 @@ PYBIND11_MODULE(_mambacv, m) {
       .def_static(
           "random",
           [](const std::string& config, uint64_t seed, const std::string& device, const std::string& dtype,
-             const std::string& core, int threads, int host_cache_mb, bool check_finite) {
-            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite);
+             const std::string& core, int threads, int host_cache_mb, bool check_finite, int batch_group) {
+            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite, batch_group);
             py::gil_scoped_release nogil;
             ModelConfig cfg = config_arg("Model.random", config);
             return Model::random(cfg, o, seed);
@@ -802,8 +808,8 @@ PYBIND11_MODULE(_mambacv, m) {
           "load",
           [](const std::string& config, std::optional<std::string> weights, const std::string& device,
              const std::string& dtype, const std::string& core, int threads, int host_cache_mb,
-             bool check_finite) {
-            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite);
+             bool check_finite, int batch_group) {
+            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite, batch_group);
             py::gil_scoped_release nogil;
             ModelConfig cfg = config_arg("Detector.load", config);
             if (cfg.arch != "mask_rcnn")
@@ -818,8 +824,8 @@ PYBIND11_MODULE(_mambacv, m) {
       .def_static(
           "random",
           [](const std::string& config, uint64_t seed, const std::string& device, const std::string& dtype,
-             const std::string& core, int threads, int host_cache_mb, bool check_finite) {
-            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite);
+             const std::string& core, int threads, int host_cache_mb, bool check_finite, int batch_group) {
+            const Options o = make_options(device, dtype, core, threads, host_cache_mb, check_finite, batch_group);
             py::gil_scoped_release nogil;
             return named("Detector.random", [&] { return Detector::random(config, o, seed); });
           },

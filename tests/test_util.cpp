@@ -83,4 +83,30 @@ Tensor random_tensor(const Shape& shape, uint64_t seed, float lo, float hi) {
   return t;
 }
 
+void expect_batch_groups_give_the_whole_batch(const ModelConfig& cfg, const Tensor& x,
+                                              const std::vector<std::string>& expected) {
+  std::map<std::string, Tensor> whole;
+  for (int group : {static_cast<int>(x.dim(0)), 1, 2, 3, 0}) {
+    Options o;
+    o.batch_group = group;
+    const Model m = Model::random(cfg, o, 11);
+    const std::map<std::string, Tensor> out = m.forward_all(x);
+    if (whole.empty()) {
+      whole = out;
+      for (const std::string& name : expected) ASSERT_TRUE(whole.count(name)) << cfg.name << ": no output " << name;
+      continue;
+    }
+    ASSERT_EQ(out.size(), whole.size()) << cfg.name << ", groups of " << group;
+    for (const auto& [name, t] : whole) {
+      ASSERT_TRUE(out.count(name)) << cfg.name << ": " << name;
+      const Tensor& got = out.at(name);
+      ASSERT_EQ(got.shape(), t.shape()) << cfg.name << ": " << name;
+      EXPECT_LE(compare(got, t).rel_l2, 1e-6) << cfg.name << ": " << name << " differs with groups of " << group;
+    }
+  }
+  Options bad;
+  bad.batch_group = -1;
+  EXPECT_THROW(Model::random(cfg, bad), Error);
+}
+
 }  // namespace mambacv::test

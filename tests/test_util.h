@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "mambacv/mambacv.h"
 #include "mambacv/tensor.h"
 
 namespace mambacv::test {
@@ -35,5 +36,12 @@ std::string q(const std::string& s);
 std::vector<nlohmann::json> json_lines(const std::string& out);
 // Deterministic pseudo-random f32 tensor in [lo, hi).
 Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
+
+// The network runs its layers over groups of images (Options::batch_group): for random weights of `cfg`, every
+// grouping of x (B, 3, H, W) with B = 5 (groups of 1, 2 and 3: uneven last groups; 0: chosen from the L2 cache)
+// must give the whole batch's forward_all outputs up to summation order (the portable Eigen GEMM sums differently
+// per row count), each of `expected` among them. A negative batch_group is refused.
+void expect_batch_groups_give_the_whole_batch(const ModelConfig& cfg, const Tensor& x,
+                                              const std::vector<std::string>& expected);
 
 }  // namespace mambacv::test

@@ -78,32 +78,8 @@ TEST(Vim, BatchItemsAreIndependent) {
 }
 
 TEST(Vim, BatchGroupsGiveTheWholeBatchsOutputs) {
-  // the layers run over groups of images (Options::batch_group); every grouping, uneven last groups included,
-  // gives the whole batch's outputs up to summation order (the portable Eigen GEMM sums differently per row count)
-  const ModelConfig cfg = load_model_config("vim_tiny");
-  const Tensor x = test::random_tensor({5, 3, 64, 48}, 3);
-  std::map<std::string, Tensor> whole;
-  for (int group : {5, 1, 2, 3, 0}) {
-    Options o;
-    o.batch_group = group;
-    const Model m = Model::random(cfg, o, 11);
-    const std::map<std::string, Tensor> out = m.forward_all(x);
-    if (whole.empty()) {
-      whole = out;
-      ASSERT_TRUE(whole.count("layers.0.mixer") && whole.count("tokens") && whole.count("logits"));
-      continue;
-    }
-    ASSERT_EQ(out.size(), whole.size()) << "group " << group;
-    for (const auto& [name, t] : whole) {
-      ASSERT_TRUE(out.count(name)) << name;
-      const Tensor& got = out.at(name);
-      ASSERT_EQ(got.shape(), t.shape()) << name;
-      EXPECT_LE(compare(got, t).rel_l2, 1e-6) << name << " differs with groups of " << group;
-    }
-  }
-  Options bad;
-  bad.batch_group = -1;
-  EXPECT_THROW(Model::random(cfg, bad), Error);
+  test::expect_batch_groups_give_the_whole_batch(load_model_config("vim_tiny"), test::random_tensor({5, 3, 64, 48}, 3),
+                                                 {"layers.0.mixer", "tokens", "logits"});
 }
 
 TEST(Vim, GroupSizeFollowsTheL2Cache) {

@@ -144,6 +144,17 @@ TEST(VMamba, BatchItemsAreIndependent) {
 
 // The MLP runs over row chunks of about 1 MiB of hidden activations; a batch of three 160x160 images at stage 0
 // (3 x 1600 rows of 128 hidden f32 = 2.4 MiB) splits in the middle of an image, one image alone does not.
+TEST(VMamba, BatchGroupsGiveTheWholeBatchsOutputs) {
+  // each stage's blocks run over groups of images; the v2 and v0 cores, and the detection backbone's features
+  const Tensor x = test::random_tensor({5, 3, 64, 64}, 5);
+  test::expect_batch_groups_give_the_whole_batch(load_model_config("vmamba_tiny_s1l8"), x,
+                                                 {"layers.0.blocks.0.op", "stage.0", "stage.3", "logits"});
+  test::expect_batch_groups_give_the_whole_batch(load_model_config("vmamba_tiny_v0"), x,
+                                                 {"layers.0.blocks.0.op", "stage.2", "logits"});
+  test::expect_batch_groups_give_the_whole_batch(load_model_config("vmamba_tiny_s1l8_backbone"), x,
+                                                 {"features.0", "features.3"});
+}
+
 TEST(VMamba, MlpRowChunksMatchOneChunk) {
   MAMBACV_REQUIRE_FIXTURES();
   for (const char* name : {"vmamba_v2_mini", "vmamba_backbone_mini"}) {

@@ -115,8 +115,8 @@ std::string model_options_help() {
        "                      summation order; the released checkpoints were trained with v0 (default v0)\n"
        "  --threads N         threads of each call (default 0: all cores; more than the cores warns)\n"
        "  --check-finite      check every precision boundary for NaN / Inf and name the first\n"
-       "  --batch-group N     images Vim runs through its layers together (default 0: as many as stay in the L2\n"
-       "                      cache)\n";
+       "  --batch-group N     images run through Vim's layers / each VMamba stage together (default 0: as many as\n"
+       "                      stay in the L2 cache)\n";
   return h.str();
 }
 

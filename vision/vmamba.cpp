@@ -7,6 +7,7 @@
 // goldens keep the upstream module's layout: NHWC for ln, NCHW for ln2d; API features are always NCHW).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -433,55 +434,67 @@ class VMambaNetwork final : public Network {
     for (int64_t i = 0; i < c.stages(); ++i) {
       const std::string si = std::to_string(i);
       ctx.stage("stage." + si);
-      const int64_t H = cur.dim(1), W = cur.dim(2), C = cur.dim(3), BL = B * H * W;
+      const int64_t H = cur.dim(1), W = cur.dim(2), C = cur.dim(3);
       const auto orders = orders_cache_.get({H, W}, [&] { return cross_scan_orders(H, W); });
       const ssm::SS2DOrders ord = {(*orders)[0].data(), (*orders)[1].data(), (*orders)[2].data(),
                                    (*orders)[3].data()};
+      // The blocks run over groups of images (cur_g, normed_g: (g, H, W, C) slices of the batch tensors) whose
+      // activations stay in cache; the widest is the scan's four directions, (4, d_inner, H*W) per image.
+      const int64_t group = detail::images_per_group(call.batch_group, B, 4 * c.d_inner(i) * H * W * 4);
       Tensor normed = ctx.empty({B, H, W, C});
       // The MLP runs over row chunks of about kMlpChunkBytes of hidden activations (fc1 -> GELU -> fc2 per chunk):
-      // the hidden buffer stays small and in cache instead of (B*H*W, hidden) at full size.
+      // the hidden buffer stays small and in cache instead of (g*H*W, hidden) at full size.
       const int64_t hd = c.mlp_ratio > 0 ? c.mlp_hidden(i) : 0;
-      const int64_t nchunks = hd > 0 ? std::max<int64_t>(1, BL * hd * 4 / kMlpChunkBytes) : 1;
-      const int64_t chunk_rows = (BL + nchunks - 1) / nchunks;
+      const int64_t GL = group * H * W;  // rows of the largest group
+      const int64_t nchunks = hd > 0 ? std::max<int64_t>(1, GL * hd * 4 / kMlpChunkBytes) : 1;
+      const int64_t chunk_rows = (GL + nchunks - 1) / nchunks;
       Tensor hidden_buf;
       if (hd > 0) hidden_buf = ctx.empty({chunk_rows, hd});
-      for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
-        const Block& blk = blocks_[static_cast<size_t>(i)][j];
-        policy.scope("stage." + si + ".block." + std::to_string(j));
-        // x += SS2D(norm(x))
-        ops::layer_norm(ctx, cur, blk.norm_w, blk.norm_b, kLnEps, normed, policy.rounding(Boundary::Activation));
-        policy.check(ctx, Boundary::Activation, normed);
-        if (i == 0 && j == 0 && want.has("layers.0.blocks.0.op")) {
-          Tensor op = ssm::ss2d_forward(ctx, normed, blk.op, ord, policy);
-          emit_module_layout("layers.0.blocks.0.op", op);
-          ops::add(ctx, cur, op, policy.rounding(Boundary::Residual));
-          policy.check(ctx, Boundary::Residual, cur);
-        } else {
-          ssm::ss2d_forward(ctx, normed, blk.op, ord, policy, &cur);
-        }
-        // x += fc2(GELU(fc1(norm2(x))))
-        if (hd > 0) {
-          ops::layer_norm(ctx, cur, blk.norm2_w, blk.norm2_b, kLnEps, normed, policy.rounding(Boundary::Activation));
-          policy.check(ctx, Boundary::Activation, normed);
-          const Tensor normed_rows = normed.reshape({BL, C});
-          Tensor cur_rows = cur.reshape({BL, C});
-          for (int64_t r0 = 0; r0 < BL; r0 += chunk_rows) {
-            const int64_t r1 = std::min(BL, r0 + chunk_rows);
-            Tensor in = normed_rows.slice0(r0, r1), res = cur_rows.slice0(r0, r1);
-            Tensor hidden = hidden_buf.slice0(0, r1 - r0);  // (rows, hidden)
-            policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden);
-            ops::activate(ctx, ops::Act::Gelu, hidden, policy.rounding(Boundary::Mlp));
-            policy.check(ctx, Boundary::Mlp, hidden);
-            if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
-              ops::linear(ctx, hidden, blk.fc2, res, /*accumulate=*/true);
-            } else {
-              policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, in);  // these rows of normed are free again
-              ops::add(ctx, res, in, policy.rounding(Boundary::Residual));
-              policy.check(ctx, Boundary::Residual, res);
+      const bool want_op0 = i == 0 && want.has("layers.0.blocks.0.op");
+      Tensor op0 = want_op0 ? ctx.empty({B, H, W, C}) : Tensor();  // block 0's SS2D output, for the goldens
+      for (int64_t b0 = 0; b0 < B; b0 += group) {
+        const int64_t b1 = std::min(B, b0 + group), gl = (b1 - b0) * H * W;
+        Tensor cur_g = cur.slice0(b0, b1), normed_g = normed.slice0(b0, b1);
+        for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
+          const Block& blk = blocks_[static_cast<size_t>(i)][j];
+          policy.scope("stage." + si + ".block." + std::to_string(j));
+          // x += SS2D(norm(x))
+          ops::layer_norm(ctx, cur_g, blk.norm_w, blk.norm_b, kLnEps, normed_g, policy.rounding(Boundary::Activation));
+          policy.check(ctx, Boundary::Activation, normed_g);
+          if (want_op0 && j == 0) {
+            const Tensor op = ssm::ss2d_forward(ctx, normed_g, blk.op, ord, policy);
+            std::memcpy(op0.slice0(b0, b1).raw(), op.raw(), op.nbytes());
+            ops::add(ctx, cur_g, op, policy.rounding(Boundary::Residual));
+            policy.check(ctx, Boundary::Residual, cur_g);
+          } else {
+            ssm::ss2d_forward(ctx, normed_g, blk.op, ord, policy, &cur_g);
+          }
+          // x += fc2(GELU(fc1(norm2(x))))
+          if (hd > 0) {
+            ops::layer_norm(ctx, cur_g, blk.norm2_w, blk.norm2_b, kLnEps, normed_g,
+                            policy.rounding(Boundary::Activation));
+            policy.check(ctx, Boundary::Activation, normed_g);
+            const Tensor normed_rows = normed_g.reshape({gl, C});
+            Tensor cur_rows = cur_g.reshape({gl, C});
+            for (int64_t r0 = 0; r0 < gl; r0 += chunk_rows) {
+              const int64_t r1 = std::min(gl, r0 + chunk_rows);
+              Tensor in = normed_rows.slice0(r0, r1), res = cur_rows.slice0(r0, r1);
+              Tensor hidden = hidden_buf.slice0(0, r1 - r0);  // (rows, hidden)
+              policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden);
+              ops::activate(ctx, ops::Act::Gelu, hidden, policy.rounding(Boundary::Mlp));
+              policy.check(ctx, Boundary::Mlp, hidden);
+              if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
+                ops::linear(ctx, hidden, blk.fc2, res, /*accumulate=*/true);
+              } else {
+                policy.linear(ctx, Boundary::Mlp, hidden, blk.fc2, in);  // these rows of normed are free again
+                ops::add(ctx, res, in, policy.rounding(Boundary::Residual));
+                policy.check(ctx, Boundary::Residual, res);
+              }
             }
           }
         }
       }
+      if (want_op0) emit_module_layout("layers.0.blocks.0.op", op0);
       if (api && !c.backbone) {
         out["stage." + si] = ops::nhwc_to_nchw(ctx, cur);
       } else if (want.has("stage." + si)) {

@@ -23,11 +23,14 @@ def test_random_model_with_labels_and_topk():
     assert m.arch == "vim" and m.num_classes == 1000 and len(m.class_names) == 1000
     assert m.input_size == 224 and m.input_spec.size == 224 and m.input_spec.resize_size == 256
     assert m.options == {"device": "cpu", "dtype": "f32", "core": "v0", "threads": 1, "host_cache_mb": -1,
-                         "check_finite": False}
+                         "check_finite": False, "batch_group": 0}
     x = mambacv.preprocess(np.full((300, 400, 3), 128, np.uint8), m.input_spec)
     assert x.shape == (1, 3, 224, 224)
     logits = m.classify(np.concatenate([x, x]))
     assert logits.shape == (2, 1000)
+    one_at_a_time = mambacv.Model.random("vim_tiny", threads=1, batch_group=1)
+    assert one_at_a_time.options["batch_group"] == 1
+    np.testing.assert_allclose(one_at_a_time.classify(np.concatenate([x, x])), logits, rtol=1e-5, atol=1e-5)
     top = m.topk(logits, 3)
     assert len(top) == 2 and len(top[0]) == 3
     best = top[0][0]

@@ -80,6 +80,7 @@ def test_bad_options(fixtures):
     raises(lambda: mambacv.Model.load(path, core="v2"), "core", "'v0' or 'v1'")
     raises(lambda: mambacv.Model.load(path, device="tpu"), "device", "'cpu' or 'cuda'")
     raises(lambda: mambacv.Model.load(path, threads=-1), "threads")
+    raises(lambda: mambacv.Model.load(path, batch_group=-1), "batch_group", "count of images")
     with pytest.raises(TypeError):  # options are keyword-only
         mambacv.Model.load(path, None, "bf16")
 

@@ -38,9 +38,9 @@ struct Options {
   // Check every precision-policy boundary of each forward pass for NaN / Inf: a call that produces one throws
   // Error naming the first boundary ("non-finite values first at stage.2.block.1 scan_out (core v1, f16)").
   bool check_finite = false;
-  // Images a call runs through the network's token layers at a time (Vim; VMamba runs its whole batch): 0 takes as
-  // many as keep one group's largest layer activation within 3/4 of a core's L2 cache (at least 1), so a large
-  // batch runs at the speed of a small one that stays in cache; > 0 fixes the count.
+  // Images a call runs through the network's layers at a time (Vim's layers; each VMamba stage's blocks): 0 takes
+  // as many as keep one group's largest layer activation within 3/4 of a core's L2 cache (at least 1), so a large
+  // batch works in cache like a small one and its temporaries are a group's size; > 0 fixes the count.
   int batch_group = 0;
 };
 
