@@ -438,10 +438,10 @@ class VMambaNetwork final : public Network {
       const auto orders = orders_cache_.get({H, W}, [&] { return cross_scan_orders(H, W); });
       const ssm::SS2DOrders ord = {(*orders)[0].data(), (*orders)[1].data(), (*orders)[2].data(),
                                    (*orders)[3].data()};
-      // The blocks run over groups of images (cur_g, normed_g: (g, H, W, C) slices of the batch tensors) whose
-      // activations stay in cache; the widest is the scan's four directions, (4, d_inner, H*W) per image.
+      // The blocks run over groups of images (cur_g: (g, H, W, C) slices of the batch tensor) whose activations
+      // stay in cache; the widest is the scan's four directions, (4, d_inner, H*W) per image.
       const int64_t group = detail::images_per_group(call.batch_group, B, 4 * c.d_inner(i) * H * W * 4);
-      Tensor normed = ctx.empty({B, H, W, C});
+      Tensor normed = ctx.empty({group, H, W, C});  // the current group's normed tokens
       // The MLP runs over row chunks of about kMlpChunkBytes of hidden activations (fc1 -> GELU -> fc2 per chunk):
       // the hidden buffer stays small and in cache instead of (g*H*W, hidden) at full size.
       const int64_t hd = c.mlp_ratio > 0 ? c.mlp_hidden(i) : 0;
@@ -454,7 +454,7 @@ class VMambaNetwork final : public Network {
       Tensor op0 = want_op0 ? ctx.empty({B, H, W, C}) : Tensor();  // block 0's SS2D output, for the goldens
       for (int64_t b0 = 0; b0 < B; b0 += group) {
         const int64_t b1 = std::min(B, b0 + group), gl = (b1 - b0) * H * W;
-        Tensor cur_g = cur.slice0(b0, b1), normed_g = normed.slice0(b0, b1);
+        Tensor cur_g = cur.slice0(b0, b1), normed_g = normed.slice0(0, b1 - b0);
         for (size_t j = 0; j < blocks_[static_cast<size_t>(i)].size(); ++j) {
           const Block& blk = blocks_[static_cast<size_t>(i)][j];
           policy.scope("stage." + si + ".block." + std::to_string(j));
