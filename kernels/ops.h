@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -28,6 +29,10 @@ using Operand = std::pair<const char*, const Tensor*>;
 std::string supports_f32(const char* op, std::initializer_list<Operand> operands);
 // Throws Error with supports_f32's reason when it is not empty.
 void require_f32(const char* op, std::initializer_list<Operand> operands);
+
+// Activations (ops::activate, and the GEMM's fused epilogue).
+enum class Act { Silu, Gelu, Relu, Sigmoid };  // silu x/(1+e^-x); exact gelu 0.5x(1+erf(x/sqrt2)); relu; sigmoid
+const char* act_name(Act a);
 
 // ---- matrix products --------------------------------------------------------------------------------------------
 // Rounding of an op's stored values to a reduced dtype: the precision policy's rounding fused into the op (the
@@ -82,12 +87,15 @@ PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType s
 
 // y (rows, N) (=|+=) x (rows, K) @ W^T + W.bias, over the last dimension of x and y (all leading dims are rows).
 // accumulate: y += the product (the bias is added too). round: the stored values (after the sum) rounded.
+// act: an activation applied to the stored values and rounded again as `round`, fused into the store (each tile
+// while it is in L1): exactly the values of linear followed by activate(act, y, round).
 void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate = false,
-            Rounding round = {});
+            Rounding round = {}, std::optional<Act> act = std::nullopt);
 // The same product on row-strided raw operands (backends and ops that work on sub-matrices): C (M, N) with row
-// stride ldc = A (M, K) with row stride lda @ W^T [+ bias] [+ beta * C], beta 0 or 1, then rounded as `round`.
+// stride ldc = A (M, K) with row stride lda @ W^T [+ bias] [+ beta * C], beta 0 or 1, then rounded as `round`,
+// then act (if any) and rounded again.
 void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-          int64_t ldc, float beta = 0.0f, Rounding round = {});
+          int64_t ldc, float beta = 0.0f, Rounding round = {}, std::optional<Act> act = std::nullopt);
 // Names the backend cpu_isa() selects: "mambacv-avx512 (14x32)", "mambacv-avx2 (6x16)" or "eigen".
 const char* gemm_backend();
 
@@ -141,8 +149,6 @@ void layer_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, co
 void rms_norm(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, float eps, Tensor& y, Rounding round = {});
 
 // ---- elementwise -------------------------------------------------------------------------------------------------
-enum class Act { Silu, Gelu, Relu, Sigmoid };  // silu x/(1+e^-x); exact gelu 0.5x(1+erf(x/sqrt2)); relu; sigmoid
-const char* act_name(Act a);
 void activate(const ExecContext& ctx, Act a, Tensor& x, Rounding round = {});  // in place
 void add(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round = {});  // y += x (same numel)
 void mul(const ExecContext& ctx, Tensor& y, const Tensor& x, Rounding round = {});  // y *= x (same numel)

@@ -42,8 +42,9 @@ void Policy::check(const ExecContext& ctx, Boundary b, const Tensor& t) const {
   }
 }
 
-void Policy::linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const {
-  ops::linear(ctx, x, W, y, /*accumulate=*/false, rounding(b));
+void Policy::linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y,
+                    std::optional<ops::Act> act) const {
+  ops::linear(ctx, x, W, y, /*accumulate=*/false, rounding(b), act);
   check(ctx, b, y);
 }
 

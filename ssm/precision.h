@@ -35,6 +35,7 @@
 // upstream's compute-dtype kernels do. In f32 every row is f32 and the two cores differ only by summation order.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "mambacv/dtype.h"
@@ -46,6 +47,7 @@ class Tensor;
 namespace ops {
 struct PackedWeight;
 struct Rounding;
+enum class Act;  // kernels/ops.h
 }
 }  // namespace mambacv
 
@@ -109,8 +111,10 @@ struct Policy {
   // After an op that rounded its output t with rounding(b) itself: when watching, records the first non-finite
   // boundary (no-op otherwise).
   void check(const ExecContext& ctx, Boundary b, const Tensor& t) const;
-  // y = x @ W^T (+ bias) with y's values rounded as apply(b) would, the rounding fused into the GEMM's store.
-  void linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y) const;
+  // y = x @ W^T (+ bias) with y's values rounded as apply(b) would, the rounding fused into the GEMM's store;
+  // act: y = act(that), rounded again (ops::linear's fused activation).
+  void linear(const ExecContext& ctx, Boundary b, const Tensor& x, const ops::PackedWeight& W, Tensor& y,
+              std::optional<ops::Act> act = std::nullopt) const;
   bool reduced() const { return compute != DType::F32; }
   // Names where the network is for the watch's report (no-op when not watching).
   void scope(const std::string& where) const {

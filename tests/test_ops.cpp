@@ -214,6 +214,54 @@ TEST(Ops, GemmFusedRoundingEqualsRoundingAfterwards) {
       }
 }
 
+// The activation fused into the GEMM's store equals activate() on the stored product, bit for bit, on every
+// kernel, with and without rounding and accumulation, and with K split into several k blocks (K = 1100).
+TEST(Ops, GemmFusedActivationEqualsActivationAfterwards) {
+  const GemmCase cases[] = {{1, 1, 1}, {17, 33, 15}, {197, 40, 384}, {30, 70, 64}, {5, 9, 0}, {20, 45, 1100}};
+  const ops::Act acts[] = {ops::Act::Silu, ops::Act::Gelu, ops::Act::Relu, ops::Act::Sigmoid};
+  for (cpu::Isa isa : runnable_isas())
+    for (DType st : {DType::F32, DType::BF16})
+      for (ops::Bf16Kernel kern : {ops::Bf16Kernel::Widen, ops::Bf16Kernel::Dot, ops::Bf16Kernel::Amx}) {
+        if (kern != ops::Bf16Kernel::Widen &&
+            (st != DType::BF16 || isa != cpu::Isa::Avx512 || !ops::bf16_kernel_runs(kern)))
+          continue;
+        for (const GemmCase& gc : cases)
+          for (ops::Rounding r : {ops::Rounding{}, ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, true}})
+            for (ops::Act act : acts)
+              for (float beta : {0.0f, 1.0f}) {
+                const int64_t lda = std::max<int64_t>(gc.K, 1);
+                Tensor A = rnd({gc.M, lda}, -2.0f, 2.0f), B = rnd({gc.N, lda}, -0.5f, 0.5f), bias = rnd({gc.N});
+                const ops::PackedWeight W =
+                    ops::pack_weight_for(isa, B.f32(), lda, true, gc.N, gc.K, bias.f32(), st, kern);
+                Tensor fused = rnd({gc.M, gc.N}), after = fused.clone();
+                ops::gemm(kCtx, gc.M, A.f32(), lda, W, fused.f32(), gc.N, beta, r, act);
+                ops::gemm(kCtx, gc.M, A.f32(), lda, W, after.f32(), gc.N, beta, r);
+                ops::activate(kCtx, act, after, r);
+                for (int64_t i = 0; i < fused.numel(); ++i)
+                  ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
+                      << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern)
+                      << " round " << dtype_name(r.dtype) << " " << ops::act_name(act) << " beta " << beta
+                      << " M=" << gc.M << " N=" << gc.N << " K=" << gc.K << " i=" << i;
+              }
+      }
+  // linear passes the activation through, and the op trace records one fused op with the activation's FLOPs
+  struct Names : TraceSink {
+    std::vector<std::pair<std::string, double>> ops;
+    void record(const char* op, double, double flops, double, double) override { ops.emplace_back(op, flops); }
+  } names;
+  ExecContext traced = ExecContext::cpu(1);
+  traced.trace = &names;
+  Tensor x = rnd({6, 10}), w = rnd({7, 10}), y = Tensor::empty({6, 7}), yr = Tensor::empty({6, 7});
+  const ops::PackedWeight W = ops::pack_linear(w);
+  ops::linear(traced, x, W, y, false, {}, ops::Act::Gelu);
+  ops::linear(kCtx, x, W, yr);
+  ops::activate(kCtx, ops::Act::Gelu, yr);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(f32_to_bits(y.f32()[i]), f32_to_bits(yr.f32()[i])) << i;
+  ASSERT_EQ(names.ops.size(), 1u);
+  EXPECT_EQ(names.ops[0].first, "gemm+gelu");
+  EXPECT_EQ(names.ops[0].second, 2.0 * 6 * 7 * 10 + 4.0 * 6 * 7);
+}
+
 TEST(Ops, GemmEveryThreadBudget) {
   const GemmCase cases[] = {{197, 40, 384}, {197, 192, 384}, {3, 700, 64}, {450, 129, 9}, {1, 96, 33}, {61, 256, 600}};
   for (int threads : {1, 2, 3, 7})

@@ -192,10 +192,8 @@ void box_head_forward(const ExecContext& ctx, const Tensor& roi_feats, const Box
   *cls_score = ctx.empty({n, w.cls.out});
   *deltas = ctx.empty({n, w.reg.out});
   if (n == 0) return;
-  ops::linear(ctx, roi_feats.reshape({n, w.fc1.in}), w.fc1.prepared, h1);
-  ops::activate(ctx, ops::Act::Relu, h1);
-  ops::linear(ctx, h1, w.fc2.prepared, h2);
-  ops::activate(ctx, ops::Act::Relu, h2);
+  ops::linear(ctx, roi_feats.reshape({n, w.fc1.in}), w.fc1.prepared, h1, false, {}, ops::Act::Relu);
+  ops::linear(ctx, h1, w.fc2.prepared, h2, false, {}, ops::Act::Relu);
   ops::linear(ctx, h2, w.cls.prepared, *cls_score);
   ops::linear(ctx, h2, w.reg.prepared, *deltas);
 }

@@ -34,6 +34,7 @@
 
 #include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/round_simd.h"
+#include "kernels/cpu/simd_math.h"
 #include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 #include "mambacv/error.h"
@@ -44,7 +45,7 @@
 namespace mambacv::ops {
 
 namespace {
-constexpr int64_t kKC = 512;
+constexpr int64_t kKC = 256;
 constexpr int kMR512 = 14, kNR512 = 32;
 constexpr int kMR256 = 6, kNR256 = 16;
 constexpr int kChunkPanels = 8;  // micro-panels per M chunk
@@ -328,8 +329,9 @@ void gemm_k0(int64_t M, int64_t N, float* C, int64_t ldc, const float* bias, flo
     for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = (beta != 0.0f ? beta * C[i * ldc + j] : 0.0f) + (bias ? bias[j] : 0.0f);
 }
 
+// act: applied to each C tile (then rounded again) right after its last k block stored it
 void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W,
-                      float* C, int64_t ldc, const float* bias, float beta, int round) {
+                      float* C, int64_t ldc, const float* bias, float beta, int round, const Act* act) {
   const cpu::Isa isa = W.isa;
   const int mr = tile_rows(isa), nr = W.nr;
   const int64_t N = W.N;
@@ -391,8 +393,9 @@ void gemm_packed_simd(const ExecContext& ctx, int64_t M, const float* A, int64_t
             const void* a = row_a ? static_cast<const void*>(static_cast<const char*>(a_rows) +
                                                              ((i0 + r) * a_ld + k0) * a_es)
                                   : static_cast<const void*>(ap + off);
-            micro_kernel(W, h, ncols, row_a)(kc, a, a_ld, bp, C + (i0 + r) * ldc + p * nr, ldc, ncols, bias_p, add_c,
-                                             last ? round : 0);
+            float* c_tile = C + (i0 + r) * ldc + p * nr;
+            micro_kernel(W, h, ncols, row_a)(kc, a, a_ld, bp, c_tile, ldc, ncols, bias_p, add_c, last ? round : 0);
+            if (last && act) detail::activate_rows(*act, c_tile, ldc, h, ncols, round);
             r += h;
             off += kc * h;
           }
@@ -580,23 +583,52 @@ PackedWeight pack_linear(const Tensor& W, const Tensor& bias, DType storage) {
                      bias.defined() ? bias.f32() : nullptr, storage);
 }
 
+namespace {
+// The op trace's name of a GEMM with a fused activation
+const char* gemm_op_name(const Act* act) {
+  if (!act) return "gemm";
+  switch (*act) {
+    case Act::Silu:
+      return "gemm+silu";
+    case Act::Gelu:
+      return "gemm+gelu";
+    case Act::Relu:
+      return "gemm+relu";
+    default:
+      return "gemm+sigmoid";
+  }
+}
+}  // namespace
+
 void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-          int64_t ldc, float beta, Rounding round) {
+          int64_t ldc, float beta, Rounding round, std::optional<Act> act_opt) {
   const int64_t N = W.N, K = W.K;
   check_gemm_sizes(M, N, K, A, lda, C, ldc);
   MAMBACV_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1, got " << beta);
-  OpTrace trace(ctx, "gemm", 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K),
+  const Act* act = act_opt ? &*act_opt : nullptr;
+  OpTrace trace(ctx, gemm_op_name(act),
+                2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) +
+                    (act ? detail::act_flops(*act) * static_cast<double>(M * N) : 0.0),
                 4.0 * static_cast<double>(M * K + M * N) +
                     static_cast<double>(N * K) * (W.nr > 0 ? static_cast<double>(dtype_size(W.storage)) : 4.0));
   if (M == 0 || N == 0) return;
   const float* bias = W.bias.defined() ? W.bias.f32() : nullptr;
+  // the paths that store whole blocks of C first: act over all of C, row blocks split over the threads
+  auto act_after = [&] {
+    if (!act) return;
+    const int mode = round_mode(round);
+    parallel_for(ctx, M, 8.0 * static_cast<double>(M * N), [&](int64_t b, int64_t e) {
+      detail::activate_rows(*act, C + b * ldc, ldc, e - b, N, mode);
+    });
+  };
   if (K == 0) {
     gemm_k0(M, N, C, ldc, bias, beta);
-    return round_block(ctx, round, M, N, C, ldc);
+    round_block(ctx, round, M, N, C, ldc);
+    return act_after();
   }
   if (W.bf16 == Bf16Kernel::Amx)
-    return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
-  if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round));
+    return gemm_amx(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round), act);
+  if (W.nr > 0) return gemm_packed_simd(ctx, M, A, lda, W, C, ldc, bias, beta, round_mode(round), act);
   // generic: Eigen on the plain copy; C is initialised with bias / beta * C first, the product added into it
   MutMap c(C, M, N, Eigen::OuterStride<>(std::max(ldc, N)));
   const ConstMap a(A, M, K, Eigen::OuterStride<>(std::max(lda, K)));
@@ -611,10 +643,11 @@ void gemm(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const 
     c.noalias() += a * w.transpose();
   });
   round_block(ctx, round, M, N, C, ldc);
+  act_after();
 }
 
 void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate,
-            Rounding round) {
+            Rounding round, std::optional<Act> act) {
   MAMBACV_CHECK(x.defined() && x.ndim() >= 1 && x.dim(-1) == W.K,
                 "linear: x must end in " << W.K << " features, got " << (x.defined() ? x.str() : "an empty tensor"));
   int64_t rows = 1;  // the leading dims of x
@@ -622,7 +655,7 @@ void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tens
   MAMBACV_CHECK(y.defined() && y.ndim() >= 1 && y.dim(-1) == W.N && y.numel() == rows * W.N,
                 "linear: y must be (" << rows << ", " << W.N << "), got " << (y.defined() ? y.str() : "none"));
   require_f32("linear", {{"x", &x}, {"y", &y}});
-  gemm(ctx, rows, x.f32(), W.K, W, y.f32(), W.N, accumulate ? 1.0f : 0.0f, round);
+  gemm(ctx, rows, x.f32(), W.K, W, y.f32(), W.N, accumulate ? 1.0f : 0.0f, round, act);
 }
 
 }  // namespace mambacv::ops

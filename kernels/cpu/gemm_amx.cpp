@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/round_simd.h"
+#include "kernels/cpu/simd_math.h"
 #include "kernels/cpu_info.h"
 #include "mambacv/error.h"
 
@@ -148,7 +149,7 @@ void a_to_bf16_pairs(const ExecContext& ctx, int64_t M, const float* A, int64_t 
 }
 
 void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-              int64_t ldc, const float* bias, float beta, int round) {
+              int64_t ldc, const float* bias, float beta, int round, const Act* act) {
   MAMBACV_CHECK(W.bf16 == Bf16Kernel::Amx && amx_available(), "gemm: AMX weights on a CPU without AMX");
   const int64_t N = W.N, kp = W.kpairs, npanels = (N + W.nr - 1) / W.nr;
   const int64_t mblocks = (M + 31) / 32;
@@ -182,7 +183,9 @@ void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, co
         else if (two_m) amx_block<true, false>(a, kp, bp, tmp);
         else if (two_n) amx_block<false, true>(a, kp, bp, tmp);
         else amx_block<false, false>(a, kp, bp, tmp);
-        epilogue(tmp, rows, ncols, C + r0 * ldc + p * W.nr, ldc, bias ? bias + p * W.nr : nullptr, beta != 0.0f, round);
+        float* c_block = C + r0 * ldc + p * W.nr;
+        epilogue(tmp, rows, ncols, c_block, ldc, bias ? bias + p * W.nr : nullptr, beta != 0.0f, round);
+        if (act) detail::activate_rows(*act, c_block, ldc, rows, ncols, round);
       }
     }
     tiles_off();

@@ -16,8 +16,9 @@ bool amx_available();
 void a_to_bf16_pairs(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, int64_t K, int64_t kp,
                      uint32_t* dst);
 // C (M, N) = A (M, K) @ W^T (+ bias) (+ beta C) for W packed with Bf16Kernel::Amx; round: 0, or 1 bf16,
-// 2 f16, 3 f16 saturating (gemm.cpp's modes), applied to the stored values.
+// 2 f16, 3 f16 saturating (gemm.cpp's modes), applied to the stored values; act (or null): applied to each stored
+// block of C, then rounded again.
 void gemm_amx(const ExecContext& ctx, int64_t M, const float* A, int64_t lda, const PackedWeight& W, float* C,
-              int64_t ldc, const float* bias, float beta, int round);
+              int64_t ldc, const float* bias, float beta, int round, const Act* act);
 
 }  // namespace mambacv::ops

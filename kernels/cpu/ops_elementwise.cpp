@@ -7,6 +7,11 @@
 #include <sstream>
 #include <vector>
 
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 flags the intrinsics' deliberate _mm512_undefined_*() pass-through operands as maybe-uninitialized once
+// they are inlined (a known false positive); the warning is reported at the header's lines, hence placed here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include "kernels/cpu/round_simd.h"
@@ -55,39 +60,70 @@ namespace {
 // Elementwise loops are memory bound: parallel only when large (a team wake-up costs a few microseconds).
 constexpr double kElemWork = 4.0;  // weight of one element against kParallelMinWork
 
-// x[i] = f(x[i]), then rounded as `mode` (simd::rows_then_round), the loop compiled for AVX-512 or the baseline as
-// cpu_isa() selects (detail::run_simd)
+// x[0, n) = f(x) in place, the loop compiled for AVX-512 or the baseline (detail::run_simd)
 template <class F>
-void map_inplace(const ExecContext& ctx, float* x, int64_t n, double per_elem, int mode, F f) {
-  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+void map_span(bool avx512, float* x, int64_t n, F f) {
   auto body = [x, f](int64_t b, int64_t e) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) x[i] = f(x[i]);
   };
-  parallel_for(ctx, n, static_cast<double>(n) * per_elem, [&](int64_t b, int64_t e) {
-    simd::rows_then_round(b, e, 1, mode, x, [&](int64_t s, int64_t t) { detail::run_simd(avx512, body, s, t); });
-  });
+  detail::run_simd(avx512, body, 0, n);
+}
+
+// x[0, n) = a(x) in place: the one element loop of every activation, for activate() and the GEMM's epilogue.
+// Sigmoid takes libm's expf, as the detection heads always used (scores feed sorts and thresholds).
+void act_span(Act a, bool avx512, float* x, int64_t n) {
+  switch (a) {
+    case Act::Silu:
+      return map_span(avx512, x, n, [](float v) { return detail::silu_f(v); });
+    case Act::Gelu:
+      return map_span(avx512, x, n, [](float v) { return detail::gelu_f(v); });
+    case Act::Relu:
+      return map_span(avx512, x, n, [](float v) { return v > 0.0f ? v : 0.0f; });
+    case Act::Sigmoid:
+      for (int64_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + std::exp(-x[i]));
+      return;
+  }
+}
+
+// weight of one element of activation a against kParallelMinWork
+double act_work(Act a) {
+  switch (a) {
+    case Act::Silu:
+      return 4 * kElemWork;
+    case Act::Gelu:
+      return 8 * kElemWork;
+    default:
+      return kElemWork / 4;
+  }
 }
 }  // namespace
+
+double detail::act_flops(Act a) { return a == Act::Relu ? 1.0 : 4.0; }
+
+void detail::activate_rows(Act a, float* x, int64_t ld, int64_t rows, int64_t cols, int round) {
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  for (int64_t r = 0; r < rows; ++r) {
+    act_span(a, avx512, x + r * ld, cols);
+    if (round) simd::round_span(x + r * ld, 0, cols, round);
+  }
+}
 
 void activate(const ExecContext& ctx, Act a, Tensor& x, Rounding round) {
   require_f32("activate", {{"x", &x}});
   const int mode = simd::round_mode(round);
   const int64_t n = x.numel();
-  OpTrace trace(ctx, act_name(a), static_cast<double>(n) * (a == Act::Relu ? 1.0 : 4.0), 8.0 * static_cast<double>(n));
+  OpTrace trace(ctx, act_name(a), static_cast<double>(n) * detail::act_flops(a), 8.0 * static_cast<double>(n));
   float* d = x.f32();
-  switch (a) {
-    case Act::Silu:
-      return map_inplace(ctx, d, n, 4 * kElemWork, mode, [](float v) { return detail::silu_f(v); });
-    case Act::Gelu:
-      return map_inplace(ctx, d, n, 8 * kElemWork, mode, [](float v) { return detail::gelu_f(v); });
-    case Act::Relu:
-      return map_inplace(ctx, d, n, kElemWork / 4, mode, [](float v) { return v > 0.0f ? v : 0.0f; });
-    case Act::Sigmoid:  // libm's expf, as the detection heads always used (scores feed sorts and thresholds)
-      for (int64_t i = 0; i < n; ++i) d[i] = 1.0f / (1.0f + std::exp(-d[i]));
-      if (mode) simd::round_span(d, 0, n, mode);
-      return;
+  const bool avx512 = cpu::cpu_isa() == cpu::Isa::Avx512;
+  if (a == Act::Sigmoid) {  // serial: libm's expf does not vectorise
+    act_span(a, avx512, d, n);
+    if (mode) simd::round_span(d, 0, n, mode);
+    return;
   }
+  parallel_for(ctx, n, static_cast<double>(n) * act_work(a), [&](int64_t b, int64_t e) {
+    simd::rows_then_round(b, e, 1, mode, d, [&](int64_t s, int64_t t) { act_span(a, avx512, d + s, t - s); });
+  });
 }
 
 namespace {

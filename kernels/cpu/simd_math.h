@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/ops.h"
+
 // Force inlining: a call left in a loop body stops it from vectorising.
 #if defined(__GNUC__) || defined(__clang__)
 #define MAMBACV_SIMD_INLINE inline __attribute__((always_inline))
@@ -114,5 +116,11 @@ void run_simd(bool avx512, F& body, int64_t begin, int64_t end) {
   else
     body(begin, end);
 }
+
+// (ops_elementwise.cpp) x (rows, cols), row stride ld, = a(x) in place, then rounded as simd::round_mode `round`
+// (0: none): ops::activate's element loop, for the GEMM's fused epilogue (the same values as activate).
+void activate_rows(Act a, float* x, int64_t ld, int64_t rows, int64_t cols, int round);
+// FLOPs per element the op trace counts for activation a
+double act_flops(Act a);
 
 }  // namespace mambacv::ops::detail
