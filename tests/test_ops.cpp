@@ -435,10 +435,13 @@ TEST(Ops, Conv2dStridedIm2colChunked) {
   EXPECT_LE(rel_l2(y, yr), kTol);
 }
 
+// every algorithm: shifted GEMMs (3x3 stride 1), im2col (stride 2) and the 1x1 GEMM, the last two with the ReLU
+// fused into the GEMM's store
 TEST(Ops, Conv2dFusedRelu) {
-  for (int s : {1, 2}) {
-    Tensor x = rnd({2, 9, 7, 5}), w = rnd({6, 5, 3, 3}), b = rnd({6});
-    const ops::Conv2dWeight cw = ops::prepare_conv2d(w, b, s, s, 1, 1);
+  for (const std::array<int, 3>& ksp : {std::array<int, 3>{3, 1, 1}, {3, 2, 1}, {1, 1, 0}}) {
+    const int k = ksp[0], s = ksp[1], p = ksp[2];
+    Tensor x = rnd({2, 9, 7, 5}), w = rnd({6, 5, k, k}), b = rnd({6});
+    const ops::Conv2dWeight cw = ops::prepare_conv2d(w, b, s, s, p, p);
     Tensor plain = ops::conv2d(kCtx, x, cw), relu = ops::conv2d(kCtx, x, cw, /*relu=*/true);
     for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_EQ(relu.f32()[i], std::max(plain.f32()[i], 0.0f)) << i;
   }

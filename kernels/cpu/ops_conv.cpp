@@ -126,8 +126,9 @@ Tensor conv2d(const ExecContext& ctx, const Tensor& x, const Conv2dWeight& w, bo
     return y;
   }
 
+  const std::optional<Act> act = relu ? std::optional<Act>(Act::Relu) : std::nullopt;  // fused into the GEMM
   if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {  // a linear layer over pixels
-    gemm(ctx, B * H * W, xs, Cin, w.im2col, yd, Cout);
+    gemm(ctx, B * H * W, xs, Cin, w.im2col, yd, Cout, 0.0f, {}, act);
   } else {
     // Output rows (b, oh) are processed in chunks whose im2col matrix stays below kMaxColFloats.
     const int64_t K = int64_t(kh) * kw * Cin;
@@ -168,10 +169,9 @@ Tensor conv2d(const ExecContext& ctx, const Tensor& x, const Conv2dWeight& w, bo
           }
         }
       });
-      gemm(ctx, npix, cd, K, w.im2col, yd + r0 * Wo * Cout, Cout);
+      gemm(ctx, npix, cd, K, w.im2col, yd + r0 * Wo * Cout, Cout, 0.0f, {}, act);
     }
   }
-  if (relu) activate(ctx, Act::Relu, y);
   return y;
 }
 
