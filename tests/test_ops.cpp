@@ -183,35 +183,44 @@ TEST(Ops, GemmHalfPrecisionWeights) {
   }
 }
 
-// The rounding fused into the GEMM's store equals rounding the stored product afterwards, bit for bit, on every
-// kernel (f32, f16 / bf16 weights, the bf16 dot kernels) and the K = 0 and portable paths.
-TEST(Ops, GemmFusedRoundingEqualsRoundingAfterwards) {
-  const GemmCase cases[] = {{1, 1, 1}, {17, 33, 15}, {197, 40, 384}, {30, 70, 64}, {5, 9, 0}};
+// f(isa, storage, kernel) for every GEMM kernel this CPU runs: each kernel family with f32 and bf16-widening
+// weights, and on AVX-512 the bf16 dot and AMX kernels where the CPU has them
+template <class F>
+void for_each_gemm_kernel(F&& f) {
   for (cpu::Isa isa : runnable_isas())
     for (DType st : {DType::F32, DType::BF16})
       for (ops::Bf16Kernel kern : {ops::Bf16Kernel::Widen, ops::Bf16Kernel::Dot, ops::Bf16Kernel::Amx}) {
         if (kern != ops::Bf16Kernel::Widen &&
             (st != DType::BF16 || isa != cpu::Isa::Avx512 || !ops::bf16_kernel_runs(kern)))
           continue;
-        for (const GemmCase& gc : cases)
-          for (ops::Rounding r : {ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, false},
-                                  ops::Rounding{DType::F16, true}}) {
-            Tensor A = rnd({gc.M, std::max<int64_t>(gc.K, 1)}), B = rnd({gc.N, std::max<int64_t>(gc.K, 1)});
-            for (int64_t i = 0; i < A.numel(); i += 7) A.f32()[i] *= 3e4f;  // some products beyond f16's range
-            Tensor bias = rnd({gc.N});
-            const ops::PackedWeight W = ops::pack_weight_for(isa, B.f32(), std::max<int64_t>(gc.K, 1), true, gc.N,
-                                                             gc.K, bias.f32(), st, kern);
-            Tensor fused = Tensor::empty({gc.M, gc.N}), after = Tensor::empty({gc.M, gc.N});
-            ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, fused.f32(), gc.N, 0.0f, r);
-            ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, after.f32(), gc.N);
-            ops::round_to(kCtx, r.dtype, r.saturate, after);
-            for (int64_t i = 0; i < fused.numel(); ++i)
-              ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
-                  << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern) << " round "
-                  << dtype_name(r.dtype) << (r.saturate ? " sat" : "") << " M=" << gc.M << " N=" << gc.N
-                  << " K=" << gc.K << " i=" << i;
-          }
+        f(isa, st, kern);
       }
+}
+
+// The rounding fused into the GEMM's store equals rounding the stored product afterwards, bit for bit, on every
+// kernel (f32, f16 / bf16 weights, the bf16 dot kernels) and the K = 0 and portable paths.
+TEST(Ops, GemmFusedRoundingEqualsRoundingAfterwards) {
+  const GemmCase cases[] = {{1, 1, 1}, {17, 33, 15}, {197, 40, 384}, {30, 70, 64}, {5, 9, 0}};
+  for_each_gemm_kernel([&](cpu::Isa isa, DType st, ops::Bf16Kernel kern) {
+    for (const GemmCase& gc : cases)
+      for (ops::Rounding r : {ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, false},
+                              ops::Rounding{DType::F16, true}}) {
+        Tensor A = rnd({gc.M, std::max<int64_t>(gc.K, 1)}), B = rnd({gc.N, std::max<int64_t>(gc.K, 1)});
+        for (int64_t i = 0; i < A.numel(); i += 7) A.f32()[i] *= 3e4f;  // some products beyond f16's range
+        Tensor bias = rnd({gc.N});
+        const ops::PackedWeight W = ops::pack_weight_for(isa, B.f32(), std::max<int64_t>(gc.K, 1), true, gc.N,
+                                                         gc.K, bias.f32(), st, kern);
+        Tensor fused = Tensor::empty({gc.M, gc.N}), after = Tensor::empty({gc.M, gc.N});
+        ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, fused.f32(), gc.N, 0.0f, r);
+        ops::gemm(kCtx, gc.M, A.f32(), std::max<int64_t>(gc.K, 1), W, after.f32(), gc.N);
+        ops::round_to(kCtx, r.dtype, r.saturate, after);
+        for (int64_t i = 0; i < fused.numel(); ++i)
+          ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
+              << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern) << " round "
+              << dtype_name(r.dtype) << (r.saturate ? " sat" : "") << " M=" << gc.M << " N=" << gc.N
+              << " K=" << gc.K << " i=" << i;
+      }
+  });
 }
 
 // The activation fused into the GEMM's store equals activate() on the stored product, bit for bit, on every
@@ -219,31 +228,26 @@ TEST(Ops, GemmFusedRoundingEqualsRoundingAfterwards) {
 TEST(Ops, GemmFusedActivationEqualsActivationAfterwards) {
   const GemmCase cases[] = {{1, 1, 1}, {17, 33, 15}, {197, 40, 384}, {30, 70, 64}, {5, 9, 0}, {20, 45, 1100}};
   const ops::Act acts[] = {ops::Act::Silu, ops::Act::Gelu, ops::Act::Relu, ops::Act::Sigmoid};
-  for (cpu::Isa isa : runnable_isas())
-    for (DType st : {DType::F32, DType::BF16})
-      for (ops::Bf16Kernel kern : {ops::Bf16Kernel::Widen, ops::Bf16Kernel::Dot, ops::Bf16Kernel::Amx}) {
-        if (kern != ops::Bf16Kernel::Widen &&
-            (st != DType::BF16 || isa != cpu::Isa::Avx512 || !ops::bf16_kernel_runs(kern)))
-          continue;
-        for (const GemmCase& gc : cases)
-          for (ops::Rounding r : {ops::Rounding{}, ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, true}})
-            for (ops::Act act : acts)
-              for (float beta : {0.0f, 1.0f}) {
-                const int64_t lda = std::max<int64_t>(gc.K, 1);
-                Tensor A = rnd({gc.M, lda}, -2.0f, 2.0f), B = rnd({gc.N, lda}, -0.5f, 0.5f), bias = rnd({gc.N});
-                const ops::PackedWeight W =
-                    ops::pack_weight_for(isa, B.f32(), lda, true, gc.N, gc.K, bias.f32(), st, kern);
-                Tensor fused = rnd({gc.M, gc.N}), after = fused.clone();
-                ops::gemm(kCtx, gc.M, A.f32(), lda, W, fused.f32(), gc.N, beta, r, act);
-                ops::gemm(kCtx, gc.M, A.f32(), lda, W, after.f32(), gc.N, beta, r);
-                ops::activate(kCtx, act, after, r);
-                for (int64_t i = 0; i < fused.numel(); ++i)
-                  ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
-                      << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern)
-                      << " round " << dtype_name(r.dtype) << " " << ops::act_name(act) << " beta " << beta
-                      << " M=" << gc.M << " N=" << gc.N << " K=" << gc.K << " i=" << i;
-              }
-      }
+  for_each_gemm_kernel([&](cpu::Isa isa, DType st, ops::Bf16Kernel kern) {
+    for (const GemmCase& gc : cases)
+      for (ops::Rounding r : {ops::Rounding{}, ops::Rounding{DType::BF16, false}, ops::Rounding{DType::F16, true}})
+        for (ops::Act act : acts)
+          for (float beta : {0.0f, 1.0f}) {
+            const int64_t lda = std::max<int64_t>(gc.K, 1);
+            Tensor A = rnd({gc.M, lda}, -2.0f, 2.0f), B = rnd({gc.N, lda}, -0.5f, 0.5f), bias = rnd({gc.N});
+            const ops::PackedWeight W =
+                ops::pack_weight_for(isa, B.f32(), lda, true, gc.N, gc.K, bias.f32(), st, kern);
+            Tensor fused = rnd({gc.M, gc.N}), after = fused.clone();
+            ops::gemm(kCtx, gc.M, A.f32(), lda, W, fused.f32(), gc.N, beta, r, act);
+            ops::gemm(kCtx, gc.M, A.f32(), lda, W, after.f32(), gc.N, beta, r);
+            ops::activate(kCtx, act, after, r);
+            for (int64_t i = 0; i < fused.numel(); ++i)
+              ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
+                  << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern)
+                  << " round " << dtype_name(r.dtype) << " " << ops::act_name(act) << " beta " << beta
+                  << " M=" << gc.M << " N=" << gc.N << " K=" << gc.K << " i=" << i;
+          }
+  });
   // linear passes the activation through, and the op trace records one fused op with the activation's FLOPs
   struct Names : TraceSink {
     std::vector<std::pair<std::string, double>> ops;

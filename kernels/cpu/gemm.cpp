@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -45,7 +46,7 @@
 namespace mambacv::ops {
 
 namespace {
-constexpr int64_t kKC = 256;
+constexpr int64_t kKC = 512;
 constexpr int kMR512 = 14, kNR512 = 32;
 constexpr int kMR256 = 6, kNR256 = 16;
 constexpr int kChunkPanels = 8;  // micro-panels per M chunk
@@ -584,19 +585,16 @@ PackedWeight pack_linear(const Tensor& W, const Tensor& bias, DType storage) {
 }
 
 namespace {
-// The op trace's name of a GEMM with a fused activation
+// The op trace's name of a GEMM with a fused activation: "gemm+gelu", ...
 const char* gemm_op_name(const Act* act) {
   if (!act) return "gemm";
-  switch (*act) {
-    case Act::Silu:
-      return "gemm+silu";
-    case Act::Gelu:
-      return "gemm+gelu";
-    case Act::Relu:
-      return "gemm+relu";
-    default:
-      return "gemm+sigmoid";
-  }
+  static const std::array<std::string, 4> names = [] {
+    std::array<std::string, 4> n;
+    for (Act a : {Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid})
+      n[static_cast<size_t>(a)] = std::string("gemm+") + act_name(a);
+    return n;
+  }();
+  return names[static_cast<size_t>(*act)].c_str();
 }
 }  // namespace
 
