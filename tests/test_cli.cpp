@@ -381,12 +381,28 @@ TEST(CliBench, PerOpTableAndGemmShapes) {
   ASSERT_GT(rows.size(), 5u);
   double gflop = 0;
   std::set<std::string> ops;
+  double ms = 0, floor_ms = 0;
   for (const auto& r : rows) {
-    for (const char* key : {"stage", "op", "calls", "ms", "gflop", "mbytes", "gflops"}) EXPECT_TRUE(r.contains(key));
+    for (const char* key : {"stage", "op", "calls", "ms", "gflop", "mbytes", "gflops", "floor_ms"})
+      EXPECT_TRUE(r.contains(key));
     gflop += r["gflop"].get<double>();
+    ms += r["ms"].get<double>();
+    floor_ms += r["floor_ms"].get<double>();
+    // a row's floor is at least its FLOPs at the FMA peak
+    EXPECT_GE(r["floor_ms"].get<double>() * (1 + 1e-9),
+              r["gflop"].get<double>() / lines[1]["fma_peak_after_gflops"].get<double>() * 1e3) << r.dump();
     ops.insert(r["op"].get<std::string>());
   }
   EXPECT_NEAR(gflop, lines[1]["model_gflop"].get<double>(), 1e-6 * gflop) << "the trace sees every op's FLOPs";
+  // the profile against its rows' floors; the GEMM rate (below the FMA peak) only raises the floor
+  const auto& fl = lines[1].at("floor");
+  EXPECT_NEAR(fl["ops_ms"].get<double>(), ms, 1e-6 * ms);
+  EXPECT_NEAR(fl["floor_ms"].get<double>(), floor_ms, 1e-6 * floor_ms);
+  EXPECT_GT(fl["floor_ms"].get<double>(), 0.0);
+  EXPECT_GE(fl["gemm_rate_floor_ms"].get<double>(), fl["floor_ms"].get<double>());
+  EXPECT_NEAR(fl["floor_peak_fraction"].get<double>(),
+              lines[1]["model_gflop"].get<double>() / (fl["floor_ms"].get<double>() / 1e3) /
+                  lines[1]["fma_peak_gflops"].get<double>(), 1e-6);
   // the scan against its bound (exp throughput or memory bandwidth)
   const auto& sb = lines[1].at("scan_bound");
   EXPECT_GT(sb["exps"].get<double>(), 0.0);
@@ -402,6 +418,7 @@ TEST(CliBench, PerOpTableAndGemmShapes) {
   EXPECT_NE(out.find("per op"), std::string::npos) << out;
   EXPECT_NE(out.find("selective_scan"), std::string::npos) << out;
   EXPECT_NE(out.find("FMA peak"), std::string::npos) << out;
+  EXPECT_NE(out.find("floor (every op at its roofline"), std::string::npos) << out;
   // bench --gemm: the GEMM alone on the models' shapes
   out = stdout_of(cli("bench --gemm --json --threads 1"), &rc);
   ASSERT_EQ(rc, 0) << out;

@@ -39,6 +39,7 @@ struct Row {
   double median_ms = 0, min_ms = 0, max_ms = 0, images_per_s = 0, gflop_per_image = 0, achieved_gflops = 0;
   double fma_peak = 0, fraction = 0, peak_rss_mb = 0, upstream_ms = -1;
   ScanBound scan;  // batch-1 f32 224² rows: the scan's time in one traced pass against its bound
+  ProfileFloor floor;  // the same rows: that pass against its ops' roofline floors
 };
 
 struct Check {
@@ -178,8 +179,11 @@ int bench_suite(const Args& args) {
     r.images_per_s = c.batch / (r.median_ms / 1e3);
     r.achieved_gflops = r.gflop_per_image * r.images_per_s;
     r.fraction = r.achieved_gflops / r.fma_peak;
-    if (c.batch == 1 && c.size == 224 && c.dtype == DType::F32 && t == threads)
-      r.scan = scan_bound(m.profile(x), t);
+    if (c.batch == 1 && c.size == 224 && c.dtype == DType::F32 && t == threads) {
+      const std::vector<OpStat> profile = m.profile(x);
+      r.scan = scan_bound(profile, t);
+      r.floor = profile_floor(profile, t, r.fma_peak, machine.gemm_gflops);
+    }
     auto up = upstream.find(c.model);
     if (up != upstream.end()) r.upstream_ms = up->second;
     rows.push_back(r);
@@ -264,6 +268,18 @@ int bench_suite(const Args& args) {
                         fmt("%.2fx", r.scan.ratio()) + fmt(" (%.1f ms", r.scan.seconds * 1e3) +
                             fmt(" vs %.1f ms)", std::max(r.scan.exp_seconds, r.scan.memory_seconds) * 1e3),
                         "<= 1.5x", r.scan.ratio() <= 1.5});
+  // what the fraction of the peak could be: the traced pass with every op at its roofline floor, and with the
+  // GEMMs at the measured 1024³ GEMM rate instead of the FMA peak (reported, not judged)
+  for (const Row& r : rows)
+    if (r.floor.floor_seconds > 0) {
+      auto frac = [&](double sec) { return r.gflop_per_image / sec / r.fma_peak; };
+      checks.push_back({r.c.model + " batch 1: fraction of the FMA peak with every op at its floor (GEMMs at the "
+                                    "FMA peak / at the GEMM rate)",
+                        fmt("%.0f%%", 100.0 * frac(r.floor.floor_seconds)) +
+                            fmt(" / %.0f%%", 100.0 * frac(r.floor.gemm_rate_floor_seconds)) +
+                            fmt(" (achieved %.0f%%)", 100.0 * r.fraction),
+                        "report", true, false});
+    }
   for (const auto& [model, g] : rss_growth_mb)
     checks.push_back({model + ": RSS growth over " + std::string(quick ? "100" : "1000") + " repeated calls",
                       fmt("%.1f MB", g), "~0 MB (<= 1 MB)", g <= 1.0});
@@ -338,6 +354,10 @@ int bench_suite(const Args& args) {
                                   {"fma_peak_gflops", r.fma_peak},
                                   {"peak_fraction", r.fraction},
                                   {"peak_rss_mb", r.peak_rss_mb}};
+      if (r.floor.floor_seconds > 0)
+        o["floor"] = {{"ops_ms", r.floor.seconds * 1e3},
+                      {"floor_ms", r.floor.floor_seconds * 1e3},
+                      {"gemm_rate_floor_ms", r.floor.gemm_rate_floor_seconds * 1e3}};
       if (r.scan.present())
         o["scan_bound"] = {{"scan_ms", r.scan.seconds * 1e3},
                            {"exp_bound_ms", r.scan.exp_seconds * 1e3},

@@ -73,6 +73,18 @@ struct ScanBound {
   bool present() const { return exps > 0; }
 };
 ScanBound scan_bound(const std::vector<OpStat>& ops, int threads);
+// The least time one profile row's work allows on this machine (its roofline floor): the selective scan's bound
+// as above (exps at the scan's exp rate, or bytes at the copy bandwidth); any other op's FLOPs at the FMA peak or
+// its bytes at the copy bandwidth, whichever takes longer. The bandwidth is DRAM's: an op whose data stays in the
+// caches can run below it. fma_peak_gflops: measured on the profile's thread count.
+double op_floor_seconds(const OpStat& o, int threads, double fma_peak_gflops);
+// A profile against the floors of its rows: what the ops' time could shrink to.
+struct ProfileFloor {
+  double seconds = 0;        // the profile's time in ops
+  double floor_seconds = 0;  // every row at op_floor_seconds
+  double gemm_rate_floor_seconds = 0;  // the same with the GEMMs' FLOPs at the measured 1024^3 GEMM rate
+};
+ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double fma_peak_gflops, double gemm_gflops);
 
 class Args;
 // The weights file a model command runs (tools/models.cpp): --weights, else the config's own "weights" (the golden

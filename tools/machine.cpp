@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <tuple>
 
 #include "kernels/cpu_info.h"
 #include "kernels/host_allocator.h"
@@ -89,21 +90,46 @@ double measure_gemm_gflops(int threads) {
   return 2.0 * n * n * n / best / 1e9;
 }
 
+namespace {
+// (the scan's exp rate in G exps/s, the copy bandwidth in GB/s) on `threads` threads, measured once per count
+std::pair<double, double> scan_rates(int threads) {
+  static std::map<int, std::pair<double, double>> rates;
+  auto it = rates.find(threads);
+  if (it == rates.end())
+    it = rates.emplace(threads, std::make_pair(cpu::measure_scan_exp_rate(threads),
+                                               cpu::measure_copy_bandwidth_gbs(threads))).first;
+  return it->second;
+}
+bool is_gemm(const OpStat& o) { return o.op == "gemm" || o.op.rfind("gemm+", 0) == 0; }
+}  // namespace
+
 ScanBound scan_bound(const std::vector<OpStat>& ops, int threads) {
   ScanBound b;
   for (const OpStat& o : ops)
     if (o.op == "selective_scan") b.seconds += o.seconds, b.exps += o.exps, b.bytes += o.bytes;
   if (!b.present()) return b;
-  static std::map<int, std::pair<double, double>> rates;  // threads -> (exp rate, bandwidth), measured once
-  auto it = rates.find(threads);
-  if (it == rates.end())
-    it = rates.emplace(threads, std::make_pair(cpu::measure_scan_exp_rate(threads),
-                                               cpu::measure_copy_bandwidth_gbs(threads))).first;
-  b.exp_rate = it->second.first;
-  b.bandwidth_gbs = it->second.second;
+  std::tie(b.exp_rate, b.bandwidth_gbs) = scan_rates(threads);
   b.exp_seconds = b.exps / (b.exp_rate * 1e9);
   b.memory_seconds = b.bytes / (b.bandwidth_gbs * 1e9);
   return b;
+}
+
+double op_floor_seconds(const OpStat& o, int threads, double fma_peak_gflops) {
+  const auto [exp_rate, bandwidth] = scan_rates(threads);
+  const double memory = o.bytes / (bandwidth * 1e9);
+  if (o.op == "selective_scan") return std::max(o.exps / (exp_rate * 1e9), memory);
+  return std::max(o.flops / (fma_peak_gflops * 1e9), memory);
+}
+
+ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double fma_peak_gflops, double gemm_gflops) {
+  ProfileFloor f;
+  for (const OpStat& o : ops) {
+    const double floor = op_floor_seconds(o, threads, fma_peak_gflops);
+    f.seconds += o.seconds;
+    f.floor_seconds += floor;
+    f.gemm_rate_floor_seconds += is_gemm(o) ? std::max(floor, o.flops / (gemm_gflops * 1e9)) : floor;
+  }
+  return f;
 }
 
 MachineReport measure_machine(int threads) {
