@@ -87,8 +87,9 @@ PackedWeight pack_linear(const Tensor& W, const Tensor& bias = Tensor(), DType s
 
 // y (rows, N) (=|+=) x (rows, K) @ W^T + W.bias, over the last dimension of x and y (all leading dims are rows).
 // accumulate: y += the product (the bias is added too). round: the stored values (after the sum) rounded.
-// act: an activation applied to the stored values and rounded again as `round`, fused into the store (each tile
-// while it is in L1): exactly the values of linear followed by activate(act, y, round).
+// act: an activation applied to the stored values and rounded again as `round`: exactly the values of linear
+// followed by activate(act, y, round). The packed kernels apply it to each C tile as they store it (in L1); the
+// portable (Eigen) and K = 0 paths in a second pass over C.
 void linear(const ExecContext& ctx, const Tensor& x, const PackedWeight& W, Tensor& y, bool accumulate = false,
             Rounding round = {}, std::optional<Act> act = std::nullopt);
 // The same product on row-strided raw operands (backends and ops that work on sub-matrices): C (M, N) with row

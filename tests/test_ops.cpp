@@ -237,10 +237,15 @@ TEST(Ops, GemmFusedActivationEqualsActivationAfterwards) {
             Tensor A = rnd({gc.M, lda}, -2.0f, 2.0f), B = rnd({gc.N, lda}, -0.5f, 0.5f), bias = rnd({gc.N});
             const ops::PackedWeight W =
                 ops::pack_weight_for(isa, B.f32(), lda, true, gc.N, gc.K, bias.f32(), st, kern);
-            Tensor fused = rnd({gc.M, gc.N}), after = fused.clone();
-            ops::gemm(kCtx, gc.M, A.f32(), lda, W, fused.f32(), gc.N, beta, r, act);
-            ops::gemm(kCtx, gc.M, A.f32(), lda, W, after.f32(), gc.N, beta, r);
-            ops::activate(kCtx, act, after, r);
+            // C rows of ldc = N + 3: the padding columns must stay as they were
+            const int64_t ldc = gc.N + 3;
+            Tensor fused = rnd({gc.M, ldc}), after = fused.clone();
+            ops::gemm(kCtx, gc.M, A.f32(), lda, W, fused.f32(), ldc, beta, r, act);
+            ops::gemm(kCtx, gc.M, A.f32(), lda, W, after.f32(), ldc, beta, r);
+            for (int64_t i = 0; i < gc.M; ++i) {
+              Tensor row = Tensor::view_of(after.f32() + i * ldc, {gc.N}, DType::F32);
+              ops::activate(kCtx, act, row, r);
+            }
             for (int64_t i = 0; i < fused.numel(); ++i)
               ASSERT_EQ(f32_to_bits(fused.f32()[i]), f32_to_bits(after.f32()[i]))
                   << cpu::isa_name(isa) << " " << dtype_name(st) << " " << ops::bf16_kernel_name(kern)

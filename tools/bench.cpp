@@ -23,7 +23,7 @@ const char* kBenchHelp =
     "min / max latency, images/s, peak memory and the model's real FLOPs (2 per multiply-add) as a fraction of the\n"
     "FMA peak. --per-op adds, per batch size, time / FLOPs / bytes per op type per stage of one traced pass, each\n"
     "row's roofline floor (FLOPs at the FMA peak or bytes at the copy bandwidth; the scan at its exp / memory bound)\n"
-    "and the fraction of the peak the batch would reach with every op at its floor.\n"
+    "and the fraction of the peak the batch would reach with every op at its floor (f32 runs).\n"
     "--json prints one object per line: the machine first, then one per batch size.\n"
     "bench --gemm [--threads N] [--dtype D] [--json] times the GEMM alone (weights stored in D) on the models' shapes (1 and N threads).\n"
     "bench --suite [--quick] [--threads N] [--iters N] [--upstream TIMES.json] [--save PREFIX] runs the project's\n"
@@ -114,6 +114,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     if (per_op) ops_table = model.profile(x);
     // the fraction of the FMA peak the batch would reach if its ops took `seconds` (one traced pass)
     auto floor_fraction = [&](double seconds) { return seconds > 0 ? gflop * b / seconds / batch_peak : 0.0; };
+    // the floors are f32's: the FMA peak and the GEMM rate are measured in f32 (bf16 products can beat both)
+    const bool f32 = opt.dtype == DType::F32;
     if (json) {
       nlohmann::ordered_json j = {{"model", name},        {"device", device_name(opt.device)},
                           {"dtype", dtype_name(opt.dtype)}, {"precision_path", precision_path(opt.dtype)},
@@ -133,14 +135,16 @@ int cmd_bench(const std::vector<std::string>& argv) {
           rows.push_back({{"stage", o.stage}, {"op", o.op}, {"calls", o.calls}, {"ms", o.seconds * 1e3},
                           {"gflop", o.flops / 1e9}, {"mbytes", o.bytes / 1e6},
                           {"gflops", o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0},
-                          {"floor_ms", op_floor_seconds(o, threads, peak_after) * 1e3}});
+                          {"floor_ms", f32 ? op_floor_seconds(o, threads, batch_peak) * 1e3 : 0.0}});
         j["per_op"] = rows;
-        const ProfileFloor pf = profile_floor(ops_table, threads, peak_after, machine.gemm_gflops);
-        j["floor"] = {{"ops_ms", pf.seconds * 1e3},
-                      {"floor_ms", pf.floor_seconds * 1e3},
-                      {"floor_peak_fraction", floor_fraction(pf.floor_seconds)},
-                      {"gemm_rate_floor_ms", pf.gemm_rate_floor_seconds * 1e3},
-                      {"gemm_rate_floor_peak_fraction", floor_fraction(pf.gemm_rate_floor_seconds)}};
+        if (f32) {
+          const ProfileFloor pf = profile_floor(ops_table, threads, batch_peak, machine.gemm_gflops);
+          j["floor"] = {{"ops_ms", pf.seconds * 1e3},
+                        {"floor_ms", pf.floor_seconds * 1e3},
+                        {"floor_peak_fraction", floor_fraction(pf.floor_seconds)},
+                        {"gemm_rate_floor_ms", pf.gemm_rate_floor_seconds * 1e3},
+                        {"gemm_rate_floor_peak_fraction", floor_fraction(pf.gemm_rate_floor_seconds)}};
+        }
         const ScanBound sb = scan_bound(ops_table, threads);
         if (sb.present())
           j["scan_bound"] = {{"scan_ms", sb.seconds * 1e3},       {"exps", sb.exps},
@@ -160,19 +164,21 @@ int cmd_bench(const std::vector<std::string>& argv) {
         std::printf("  %-16s %-20s %6s %9s %6s %9s %10s %9s %9s %7s\n", "stage", "op", "calls", "ms", "share",
                     "GFLOP", "MB", "GFLOP/s", "floor_ms", "x_floor");
         for (const OpStat& o : ops_table) {
-          const double floor = op_floor_seconds(o, threads, peak_after);
+          const double floor = f32 ? op_floor_seconds(o, threads, batch_peak) : 0.0;
           std::printf("  %-16s %-20s %6lld %9.3f %5.1f%% %9.3f %10.2f %9.1f %9.3f %7.1f\n", o.stage.c_str(),
                       o.op.c_str(), static_cast<long long>(o.calls), o.seconds * 1e3,
                       total > 0 ? 100.0 * o.seconds / total : 0.0, o.flops / 1e9, o.bytes / 1e6,
                       o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0, floor * 1e3,
                       floor > 0 ? o.seconds / floor : 0.0);
         }
-        const ProfileFloor pf = profile_floor(ops_table, threads, peak_after, machine.gemm_gflops);
-        std::printf("  floor (every op at its roofline: FLOPs at the FMA peak or bytes at the copy bandwidth, the scan "
-                    "at its bound): %.2f ms, %.0f%% of the FMA peak; with the GEMMs at the 1024^3 GEMM rate: %.2f ms, "
-                    "%.0f%%\n",
-                    pf.floor_seconds * 1e3, 100.0 * floor_fraction(pf.floor_seconds), pf.gemm_rate_floor_seconds * 1e3,
-                    100.0 * floor_fraction(pf.gemm_rate_floor_seconds));
+        if (f32) {
+          const ProfileFloor pf = profile_floor(ops_table, threads, batch_peak, machine.gemm_gflops);
+          std::printf("  floor (every op at its roofline: FLOPs at the FMA peak or bytes at the copy bandwidth, the "
+                      "scan at its bound): %.2f ms, %.0f%% of the FMA peak; with the GEMMs at the 1024^3 GEMM rate: "
+                      "%.2f ms, %.0f%%\n",
+                      pf.floor_seconds * 1e3, 100.0 * floor_fraction(pf.floor_seconds),
+                      pf.gemm_rate_floor_seconds * 1e3, 100.0 * floor_fraction(pf.gemm_rate_floor_seconds));
+        }
         const ScanBound sb = scan_bound(ops_table, threads);
         if (sb.present())
           std::printf("  selective_scan: %.2f ms; bound %.2f ms by %s (%.3f G exps at %.1f G/s = %.2f ms; %.1f MB at "

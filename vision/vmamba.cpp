@@ -480,8 +480,7 @@ class VMambaNetwork final : public Network {
               const int64_t r1 = std::min(gl, r0 + chunk_rows);
               Tensor in = normed_rows.slice0(r0, r1), res = cur_rows.slice0(r0, r1);
               Tensor hidden = hidden_buf.slice0(0, r1 - r0);  // (rows, hidden)
-              policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden, ops::Act::Gelu);  // GELU fused into fc1
-              policy.check(ctx, Boundary::Mlp, hidden);
+              policy.linear(ctx, Boundary::Mlp, in, blk.fc1, hidden, ops::Act::Gelu);  // GELU fused; checks
               if (!policy.reduced()) {  // f32: fc2 accumulates straight into the residual
                 ops::linear(ctx, hidden, blk.fc2, res, /*accumulate=*/true);
               } else {
