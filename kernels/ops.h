@@ -31,7 +31,8 @@ std::string supports_f32(const char* op, std::initializer_list<Operand> operands
 void require_f32(const char* op, std::initializer_list<Operand> operands);
 
 // Activations (ops::activate, and the GEMM's fused epilogue).
-enum class Act { Silu, Gelu, Relu, Sigmoid };  // silu x/(1+e^-x); exact gelu 0.5x(1+erf(x/sqrt2)); relu; sigmoid
+// silu x/(1+e^-x); exact gelu 0.5x(1+erf(x/sqrt2)); relu max(x, 0); sigmoid. NaN stays NaN through each.
+enum class Act { Silu, Gelu, Relu, Sigmoid };
 const char* act_name(Act a);
 
 // ---- matrix products --------------------------------------------------------------------------------------------

@@ -685,13 +685,31 @@ TEST(Ops, ActivationsMatchFormulas) {
       const float v = x.f32()[i];
       se[i] = v / (1.0f + std::exp(-v));
       ge[i] = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
-      re[i] = static_cast<float>(v > 0 ? v : 0);
+      re[i] = v < 0 ? 0.0f : v;
       sge[i] = 1.0f / (1.0f + std::exp(-v));
     }
     EXPECT_EQ(rel_l2(sg.f32(), sge.data(), n), 0.0) << n;
     EXPECT_LE(rel_l2(s.f32(), se.data(), n), kTol) << n;
     EXPECT_LE(rel_l2(g.f32(), ge.data(), n), kTol) << n;
     EXPECT_EQ(rel_l2(r.f32(), re.data(), n), 0.0) << n;
+  }
+}
+
+// A NaN stays NaN through every activation, alone and fused into a GEMM (so the finiteness checks see it),
+// on vector bodies and remainders (n = 37)
+TEST(Ops, ActivationsKeepNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (ops::Act a : {ops::Act::Silu, ops::Act::Gelu, ops::Act::Relu, ops::Act::Sigmoid}) {
+    Tensor x = rnd({37});
+    x.f32()[3] = nan;
+    x.f32()[36] = nan;
+    ops::activate(kCtx, a, x);
+    EXPECT_TRUE(std::isnan(x.f32()[3]) && std::isnan(x.f32()[36])) << ops::act_name(a);
+    EXPECT_TRUE(std::isnan(ops::ref::activate(a, nan))) << ops::act_name(a);
+    Tensor A = rnd({5, 8}), w = rnd({20, 8}), y = Tensor::empty({5, 20});
+    A.f32()[2 * 8 + 1] = nan;  // row 2 of the product is NaN
+    ops::linear(kCtx, A, ops::pack_linear(w), y, false, {}, a);
+    for (int64_t j = 0; j < 20; ++j) EXPECT_TRUE(std::isnan(y.f32()[2 * 20 + j])) << ops::act_name(a) << " " << j;
   }
 }
 

@@ -79,7 +79,7 @@ void act_span(Act a, bool avx512, float* x, int64_t n) {
     case Act::Gelu:
       return map_span(avx512, x, n, [](float v) { return detail::gelu_f(v); });
     case Act::Relu:
-      return map_span(avx512, x, n, [](float v) { return v > 0.0f ? v : 0.0f; });
+      return map_span(avx512, x, n, [](float v) { return v < 0.0f ? 0.0f : v; });  // NaN stays NaN
     case Act::Sigmoid:
       for (int64_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + std::exp(-x[i]));
       return;

@@ -138,7 +138,7 @@ float activate(Act a, float x) {
     case Act::Gelu:
       return static_cast<float>(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
     case Act::Relu:
-      return x > 0.0f ? x : 0.0f;
+      return x < 0.0f ? 0.0f : x;  // NaN stays NaN, as torch.relu
     default:
       return static_cast<float>(1.0 / (1.0 + std::exp(-v)));
   }
