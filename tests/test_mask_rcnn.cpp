@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -258,6 +259,62 @@ TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
 }
 
 // detect(images): the images of one padded size share a forward, and every result equals a one-image call.
+// Detector::profile traces every part of a detection: the backbone's stages and FPN (their FLOPs are what
+// flops_per_image counts), then the RPN, the box head and, with boxes kept, the mask head.
+TEST(MaskRcnn, ProfileTracesEveryPartOfADetection) {
+  MAMBACV_REQUIRE_FIXTURES();
+  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  DetectOptions opt;
+  opt.score_thr = 0.0f;
+  opt.max_per_img = 30;
+  opt.max_long = 320, opt.max_short = 240;
+  const Image im = synthetic(333, 251, 2);
+  ASSERT_FALSE(det.detect(im, opt).detections.empty());
+  const DetectionInput d = prepare_detection_input(im, opt.max_long, opt.max_short);
+  for (int pass = 0; pass < 2; ++pass) {
+    const std::vector<OpStat> ops = pass == 0 ? det.profile(im, opt) : det.profile(d.input, d.height, d.width, opt);
+    std::map<std::string, double> flops, seconds;
+    double total = 0;
+    for (const OpStat& o : ops) {
+      const bool head = o.stage == "fpn" || o.stage == "rpn" || o.stage == "box_head" || o.stage == "mask_head";
+      const std::string part = head ? o.stage : "backbone";
+      flops[part] += o.flops, seconds[part] += o.seconds, total += o.flops;
+      EXPECT_GE(o.calls, 1) << o.stage << " " << o.op;
+    }
+    for (const char* part : {"backbone", "fpn", "rpn", "box_head", "mask_head"}) {
+      EXPECT_GT(flops[part], 0.0) << part << " (pass " << pass << ")";
+      EXPECT_GT(seconds[part], 0.0) << part << " (pass " << pass << ")";
+    }
+    const double trunk = det.model().flops_per_image(static_cast<int>(d.input.dim(2)), static_cast<int>(d.input.dim(3)));
+    EXPECT_NEAR(flops["backbone"] + flops["fpn"], trunk, 1e-9 * trunk) << pass;
+    EXPECT_GT(total, trunk + flops["rpn"] * 0.999) << pass;
+  }
+  try {
+    det.profile(Tensor::zeros({2, 3, 64, 64}), 64, 64, opt);
+    ADD_FAILURE() << "a batch of 2 was profiled";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("profile: expected a (1, 3, H, W) input"), std::string::npos) << e.what();
+  }
+}
+
+// `detect --profile` ends with the traced pass's per-op table: every part's rows and the floor line.
+TEST(MaskRcnn, CliProfilePrintsThePerOpTable) {
+  MAMBACV_REQUIRE_FIXTURES();
+  const std::string dir = test::temp_dir("mask_rcnn_cli_profile");
+  save_image(dir + "/a.png", synthetic(333, 251, 2));
+  std::string out;
+  const int rc = test::run_command(test::cli_path() + " detect --model " + test::fixture(kFixture) + " --weights " +
+                                       test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors") +
+                                       " --score-thr 0 --max-size 320,240 --profile " + dir + "/a.png 2>&1",
+                                   &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("per op (one traced pass of the first image)"), std::string::npos) << out;
+  for (const char* row : {"\n  fpn ", "\n  rpn ", "\n  box_head ", "\n  mask_head ", "\n  stage.0 "})
+    EXPECT_NE(out.find(row), std::string::npos) << row << "\n" << out;
+  EXPECT_NE(out.find("floor (every op at its roofline"), std::string::npos) << out;
+  EXPECT_NE(out.find("profile mean over 1 image(s)"), std::string::npos) << out;
+}
+
 TEST(MaskRcnn, BatchedDetectEqualsOneImageAtATime) {
   MAMBACV_REQUIRE_FIXTURES();
   Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));

@@ -158,34 +158,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
       std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.1f %8.1f %7.1f%%\n", b, median, sorted.front(), sorted.back(),
                   ips, peak_rss_mb(), achieved, 100.0 * frac);
       if (per_op) {
-        double total = 0;
-        for (const OpStat& o : ops_table) total += o.seconds;
-        std::printf("  per op (one traced pass, batch %d, %.2f ms in ops):\n", b, total * 1e3);
-        std::printf("  %-16s %-20s %6s %9s %6s %9s %10s %9s %9s %7s\n", "stage", "op", "calls", "ms", "share",
-                    "GFLOP", "MB", "GFLOP/s", "floor_ms", "x_floor");
-        for (const OpStat& o : ops_table) {
-          const double floor = f32 ? op_floor_seconds(o, threads, batch_peak) : 0.0;
-          std::printf("  %-16s %-20s %6lld %9.3f %5.1f%% %9.3f %10.2f %9.1f %9.3f %7.1f\n", o.stage.c_str(),
-                      o.op.c_str(), static_cast<long long>(o.calls), o.seconds * 1e3,
-                      total > 0 ? 100.0 * o.seconds / total : 0.0, o.flops / 1e9, o.bytes / 1e6,
-                      o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0, floor * 1e3,
-                      floor > 0 ? o.seconds / floor : 0.0);
-        }
-        if (f32) {
-          const ProfileFloor pf = profile_floor(ops_table, threads, batch_peak, machine.gemm_gflops);
-          std::printf("  floor (every op at its roofline: FLOPs at the FMA peak or bytes at the copy bandwidth, the "
-                      "scan at its bound): %.2f ms, %.0f%% of the FMA peak; with the GEMMs at the 1024^3 GEMM rate: "
-                      "%.2f ms, %.0f%%\n",
-                      pf.floor_seconds * 1e3, 100.0 * floor_fraction(pf.floor_seconds),
-                      pf.gemm_rate_floor_seconds * 1e3, 100.0 * floor_fraction(pf.gemm_rate_floor_seconds));
-        }
-        const ScanBound sb = scan_bound(ops_table, threads);
-        if (sb.present())
-          std::printf("  selective_scan: %.2f ms; bound %.2f ms by %s (%.3f G exps at %.1f G/s = %.2f ms; %.1f MB at "
-                      "%.1f GB/s = %.2f ms): %.2fx its bound\n",
-                      sb.seconds * 1e3, std::max(sb.exp_seconds, sb.memory_seconds) * 1e3, sb.binds(), sb.exps / 1e9,
-                      sb.exp_rate, sb.exp_seconds * 1e3, sb.bytes / 1e6, sb.bandwidth_gbs, sb.memory_seconds * 1e3,
-                      sb.ratio());
+        const std::string title = "per op (one traced pass, batch " + std::to_string(b) + ")";
+        print_op_profile(stdout, ops_table, title.c_str(), threads, batch_peak, machine.gemm_gflops, f32);
       }
     }
     std::fflush(stdout);

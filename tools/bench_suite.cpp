@@ -195,6 +195,8 @@ int bench_suite(const Args& args) {
     bool ran = false;
     double median_ms = 0, gflop = 0, fma_peak = 0, floor_ms = 0;
     DetectionTimings parts;
+    // GFLOP of the parts in the order of DetectionTimings: backbone, fpn, rpn, roi box, masks
+    double part_gflop[5] = {};
   } det;
   if (!quick) {
     std::fprintf(stderr, "  mask_rcnn_vmamba_tiny 1333x800\n");
@@ -209,7 +211,12 @@ int bench_suite(const Args& args) {
     det.ran = true;
     det.median_ms = median_of(ms);
     det.parts = parts.back();
-    det.gflop = d.model().flops_per_image(800, 1344) / 1e9;
+    // the FLOPs of every part (the heads included) from one traced pass; stages not named by a head are the backbone's
+    for (const OpStat& o : d.profile(x, 800, 1333, dopt)) {
+      const int part = o.stage == "fpn" ? 1 : o.stage == "rpn" ? 2 : o.stage == "box_head" ? 3 : o.stage == "mask_head" ? 4 : 0;
+      det.part_gflop[part] += o.flops / 1e9;
+      det.gflop += o.flops / 1e9;
+    }
     det.fma_peak = cpu::measure_fma_peak_gflops(threads);
     det.floor_ms = det.gflop / det.fma_peak * 1e3;
   }
@@ -318,15 +325,18 @@ int bench_suite(const Args& args) {
     md << "\nmask_rcnn_vmamba_tiny, one 1333x800 image (1344x800 padded), random weights: "
        << fmt("%.0f", det.median_ms) << " ms, " << fmt("%.1f", det.gflop) << " GFLOP, FLOP floor "
        << fmt("%.0f", det.floor_ms) << " ms at " << fmt("%.1f", det.fma_peak) << " GFLOP/s\n\n";
-    md << "| part | ms |\n|---|---|\n";
+    md << "| part | ms | GFLOP | FLOP floor ms | time / floor |\n|---|---|---|---|---|\n";
     const DetectionTimings& p = det.parts;
-    for (auto [name, v] : std::vector<std::pair<const char*, double>>{{"backbone", p.backbone_ms},
-                                                                      {"fpn", p.fpn_ms},
-                                                                      {"rpn", p.rpn_ms},
-                                                                      {"roi box", p.box_ms},
-                                                                      {"masks", p.mask_ms},
-                                                                      {"total", p.total_ms}})
-      md << "| " << name << " | " << fmt("%.1f", v) << " |\n";
+    const std::vector<std::pair<const char*, double>> parts = {
+        {"backbone", p.backbone_ms}, {"fpn", p.fpn_ms}, {"rpn", p.rpn_ms}, {"roi box", p.box_ms}, {"masks", p.mask_ms}};
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const double floor_ms = det.part_gflop[i] / det.fma_peak * 1e3;
+      md << "| " << parts[i].first << " | " << fmt("%.1f", parts[i].second) << " | " << fmt("%.1f", det.part_gflop[i])
+         << " | " << fmt("%.1f", floor_ms) << " | " << (floor_ms > 0 ? fmt("%.2fx", parts[i].second / floor_ms) : "")
+         << " |\n";
+    }
+    md << "| total | " << fmt("%.1f", p.total_ms) << " | " << fmt("%.1f", det.gflop) << " | "
+       << fmt("%.1f", det.floor_ms) << " | " << fmt("%.2fx", p.total_ms / det.floor_ms) << " |\n";
   }
   md << "\n| check | measured | target | |\n|---|---|---|---|\n";
   for (const Check& k : checks)
@@ -378,7 +388,10 @@ int bench_suite(const Args& args) {
       j["detection"] = {{"model", "mask_rcnn_vmamba_tiny"}, {"width", 1333},          {"height", 800},
                         {"median_ms", det.median_ms},      {"gflop", det.gflop},       {"fma_peak_gflops", det.fma_peak},
                         {"floor_ms", det.floor_ms},        {"backbone_ms", p.backbone_ms}, {"fpn_ms", p.fpn_ms},
-                        {"rpn_ms", p.rpn_ms},              {"box_ms", p.box_ms},       {"mask_ms", p.mask_ms}};
+                        {"rpn_ms", p.rpn_ms},              {"box_ms", p.box_ms},       {"mask_ms", p.mask_ms},
+                        {"part_gflop", {{"backbone", det.part_gflop[0]}, {"fpn", det.part_gflop[1]},
+                                        {"rpn", det.part_gflop[2]}, {"box", det.part_gflop[3]},
+                                        {"mask", det.part_gflop[4]}}}};
     }
     j["checks"] = nlohmann::ordered_json::array();
     for (const Check& k : checks)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -85,6 +86,12 @@ struct ProfileFloor {
   double gemm_rate_floor_seconds = 0;  // the same with the GEMMs' FLOPs at the measured 1024^3 GEMM rate
 };
 ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double fma_peak_gflops, double gemm_gflops);
+// The per-op table of `bench --per-op` and `detect --profile`, each line indented by two spaces: a title line
+// (`title`, the time in ops and the FLOPs), one row per (stage, op) with its time, share, FLOPs, bytes, GFLOP/s and,
+// for f32 runs, its floor and the time over it; for f32 the floor line (the fraction of the FMA peak with every op
+// at its floor, and with the GEMMs at the GEMM rate); the selective scan against its bound where the profile has one.
+void print_op_profile(std::FILE* out, const std::vector<OpStat>& ops, const char* title, int threads,
+                      double fma_peak_gflops, double gemm_gflops, bool f32);
 
 class Args;
 // The weights file a model command runs (tools/models.cpp): --weights, else the config's own "weights" (the golden

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <optional>
 #include <set>
 
 #include "mambacv/detection.h"
@@ -33,8 +34,11 @@ const char* kDetectHelp =
     "(PNG input as PNG, the rest as JPEG; stderr names the file each input went to).\n"
     "--batch N (default 1) detects N inputs at a time; those whose padded inputs have the same size share one\n"
     "backbone and FPN pass (the results equal one image at a time; memory grows with N).\n"
-    "--profile (or MAMBACV_PROFILE=1) prints the time of each part per image on stderr. Exit status 1 when any\n"
-    "image failed.\n";
+    "--profile (or MAMBACV_PROFILE=1) prints the time of each part per image on stderr, then times one more pass\n"
+    "of the first image with every op traced: time, FLOPs and bytes per op type per stage (backbone stages, fpn,\n"
+    "rpn, box_head, mask_head), each row's roofline floor and the fraction of the FMA peak the pass would reach\n"
+    "with every op at its floor (f32; the FMA peak and the GEMM rate are measured first, as bench does).\n"
+    "Exit status 1 when any image failed.\n";
 
 cv::Scalar color_of(int label) {  // a fixed, well spread palette (BGR)
   static const int k[][3] = {{56, 56, 255},  {151, 157, 255}, {31, 112, 255}, {29, 178, 255}, {49, 210, 207},
@@ -157,6 +161,7 @@ int cmd_detect(const std::vector<std::string>& argv) {
   std::set<std::string> drawn;
   DetectionTimings sum;
   int timed = 0;
+  std::optional<Image> profiled;  // --profile: the first image detected, for the traced pass
   Progress progress("detect", inputs.size());
   auto report_failure = [&](const std::string& path, const std::string& why) {
     ++failed;
@@ -193,6 +198,7 @@ int cmd_detect(const std::vector<std::string>& argv) {
       sum.preprocess_ms += t.preprocess_ms, sum.backbone_ms += t.backbone_ms, sum.fpn_ms += t.fpn_ms;
       sum.rpn_ms += t.rpn_ms, sum.box_ms += t.box_ms, sum.mask_ms += t.mask_ms, sum.total_ms += t.total_ms;
       ++timed;
+      if (!profiled) profiled = image;
     }
     if (!draw_dir.empty()) {
       // PNG stays PNG (lossless), everything else is written as JPEG
@@ -255,6 +261,14 @@ int cmd_detect(const std::vector<std::string>& argv) {
                  "masks %.1f, total %.1f ms\n",
                  timed, sum.preprocess_ms / timed, sum.backbone_ms / timed, sum.fpn_ms / timed, sum.rpn_ms / timed,
                  sum.box_ms / timed, sum.mask_ms / timed, sum.total_ms / timed);
+  if (profiled) {
+    const MachineReport machine = measure_machine(opt.threads);
+    std::fprintf(stderr, "profile: FMA peak %.1f GFLOP/s, GEMM %.1f GFLOP/s on %d threads\n", machine.fma_peak_gflops,
+                 machine.gemm_gflops, machine.threads);
+    const std::vector<OpStat> ops = det.profile(*profiled, dopt);
+    print_op_profile(stderr, ops, "per op (one traced pass of the first image)", machine.threads,
+                     machine.fma_peak_gflops, machine.gemm_gflops, opt.dtype == DType::F32);
+  }
   if (failed && !json) std::fprintf(stderr, "mambacv detect: %d of %zu image(s) failed\n", failed, inputs.size());
   return failed ? 1 : 0;
 }

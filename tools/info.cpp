@@ -75,7 +75,10 @@ int cmd_info(const std::vector<std::string>& argv) {
     else
       std::printf("input       (1, 3, %d, %d)\n", summary.input_height, summary.input_width);
     std::printf("FLOPs       %.3f GFLOP per image at %dx%d%s (%.3f G multiply-adds)\n", flops / 1e9, width, height,
-                detector ? (" (padded " + std::to_string(net_w) + "x" + std::to_string(net_h) + ")").c_str() : "",
+                detector ? (" (padded " + std::to_string(net_w) + "x" + std::to_string(net_h) +
+                            "; backbone and FPN only: the heads' work depends on the proposals, see detect --profile)")
+                               .c_str()
+                         : "",
                 flops / 2e9);
     std::printf("outputs:\n");
     for (const auto& [name, t] : outs) std::printf("  %-24s %s\n", name.c_str(), shape_str(t.shape()).c_str());

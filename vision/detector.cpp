@@ -34,6 +34,19 @@ detail::DetectionCall make_request(const DetectOptions& o) {
   return r;
 }
 
+// The request entry of one prepared image: boxes and masks mapped back to the decoded image (rescale=True).
+detail::MaskRcnnImage image_entry(const DetectionInput& in) {
+  return {in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y};
+}
+
+// The request entry of a prepared input whose unpadded content is h x w: results refer to it (rescale=False).
+detail::MaskRcnnImage unscaled_entry(int h, int w) { return {h, w, false, h, w, 1.0f, 1.0f}; }
+
+void check_single_input(const char* what, const Tensor& input) {
+  MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
+                what << ": expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "an empty tensor"));
+}
+
 DetectionResult to_result(const detail::MaskRcnnImageOut& o, const detail::DetectionCall& r) {
   DetectionResult res;
   res.width = static_cast<int>(o.out_w);
@@ -120,7 +133,7 @@ std::vector<DetectionResult> Detector::detect_batch(const Tensor& input, const s
                 "detect: " << shapes.size() << " image shapes for a batch of " << input.dim(0));
   const double t0 = now_ms();
   detail::DetectionCall req = make_request(opt);
-  for (const auto& s : shapes) req.images.push_back({s[0], s[1], false, s[0], s[1], 1.0f, 1.0f});
+  for (const auto& s : shapes) req.images.push_back(unscaled_entry(s[0], s[1]));
   model_.run(input, {"*"}, &req);
   std::vector<DetectionResult> out;
   for (const auto& o : req.out) out.push_back(to_result(o, req));
@@ -129,8 +142,7 @@ std::vector<DetectionResult> Detector::detect_batch(const Tensor& input, const s
 }
 
 DetectionResult Detector::detect(const Tensor& input, int img_height, int img_width, const DetectOptions& opt) const {
-  MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
-                "detect: expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "an empty tensor"));
+  check_single_input("detect", input);
   return detect_batch(input, {{img_height, img_width}}, opt)[0];
 }
 
@@ -172,7 +184,7 @@ std::vector<DetectionResult> Detector::detect_images(const std::vector<const Ima
     for (int64_t k = 0; k < n; ++k) {
       const DetectionInput& in = inputs[group[static_cast<size_t>(k)]];
       if (n > 1) std::memcpy(batch.f32() + k * per_image, in.input.f32(), static_cast<size_t>(per_image) * sizeof(float));
-      req.images.push_back({in.height, in.width, true, in.orig_height, in.orig_width, in.scale_x, in.scale_y});
+      req.images.push_back(image_entry(in));
     }
     model_.run(batch, {"*"}, &req);
     MAMBACV_CHECK(static_cast<int64_t>(req.out.size()) == n,
@@ -191,15 +203,31 @@ std::vector<DetectionResult> Detector::detect_images(const std::vector<const Ima
   return results;
 }
 
+std::vector<OpStat> Detector::profile(const Image& image, const DetectOptions& opt) const {
+  check_options(opt);
+  const DetectionInput in = prepare_detection_input(image, opt.max_long, opt.max_short, 32);  // (1, 3, pad_h, pad_w)
+  detail::DetectionCall req = make_request(opt);
+  req.images.push_back(image_entry(in));
+  return model_.traced(in.input, {"*"}, &req);
+}
+
+std::vector<OpStat> Detector::profile(const Tensor& input, int img_height, int img_width,
+                                      const DetectOptions& opt) const {
+  check_options(opt);
+  check_single_input("profile", input);
+  detail::DetectionCall req = make_request(opt);
+  req.images.push_back(unscaled_entry(img_height, img_width));
+  return model_.traced(input, {"*"}, &req);
+}
+
 std::map<std::string, Tensor> Detector::forward_all(const Tensor& input, int img_height, int img_width,
                                                      const DetectOptions& opt) const {
   check_options(opt);
-  MAMBACV_CHECK(input.defined() && input.ndim() == 4 && input.dim(0) == 1,
-                "forward_all: expected a (1, 3, H, W) input, got " << (input.defined() ? input.str() : "empty"));
+  check_single_input("forward_all", input);
   detail::DetectionCall req = make_request(opt);
   req.want_tensors = true;
   req.want_bitmaps = opt.masks;
-  req.images.push_back({img_height, img_width, false, img_height, img_width, 1.0f, 1.0f});
+  req.images.push_back(unscaled_entry(img_height, img_width));
   return model_.run(input, {"*"}, &req);
 }
 

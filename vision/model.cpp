@@ -246,8 +246,13 @@ double Model::flops_per_image(int height, int width) const {
 }
 
 std::vector<OpStat> Model::profile(const Tensor& x) const {
+  return traced(x, {net_->num_classes() > 0 ? "logits" : "api_features"});
+}
+
+std::vector<OpStat> Model::traced(const Tensor& x, const std::vector<std::string>& wanted,
+                                  detail::DetectionCall* detection) const {
   StatSink sink(/*timed=*/true);
-  run(x, {net_->num_classes() > 0 ? "logits" : "api_features"}, nullptr, &sink);
+  run(x, wanted, detection, &sink);
   return sink.stats;
 }
 

@@ -89,6 +89,12 @@ class Detector {
 
   // Every intermediate tensor of one input, named as in the golden fixtures: features.i, fpn.i (NCHW),
   // proposals (k, 5), det_bboxes (m, 5), det_labels (m) i64, det_masks (m, img_height, img_width) u8.
+  // One detection of `image` (as detect(image)) with every op timed: one entry per (stage, op type) in the order
+  // first seen. The stages are the backbone's (patch_embed, stage.i, downsample.i), then fpn, rpn, box_head and,
+  // when a box survives, mask_head; the pipeline's resize and the result's mapping back are not ops.
+  std::vector<OpStat> profile(const Image& image, const DetectOptions& opt = {}) const;
+  // The same for a prepared input (1, 3, H, W), as detect(input, img_height, img_width).
+  std::vector<OpStat> profile(const Tensor& input, int img_height, int img_width, const DetectOptions& opt = {}) const;
   std::map<std::string, Tensor> forward_all(const Tensor& input, int img_height, int img_width,
                                             const DetectOptions& opt = {}) const;
 

@@ -136,7 +136,9 @@ class Model {
   // stage.i, patch_embed, first mixer output), in the upstream module's own layout. Used by `mambacv verify`.
   std::map<std::string, Tensor> forward_all(const Tensor& x) const;
 
-  // Real arithmetic of one image at height x width (2 FLOPs per multiply-add), measured by running the model once.
+  // Real arithmetic of one image at height x width (2 FLOPs per multiply-add), measured by running the model once:
+  // the classification logits, or a backbone's features (for a mask_rcnn model the backbone and FPN, without the
+  // heads, whose work depends on the proposals: Detector::profile counts a whole detection).
   double flops_per_image(int height, int width) const;
   // One forward pass of x (classification logits, or the features of a backbone) with every op timed: one entry
   // per (stage, op type), in the order first seen.
@@ -155,6 +157,9 @@ class Model {
   // The forward call behind every entry point: outputs `wanted`, with the detection request / result for detectors.
   std::map<std::string, Tensor> run(const Tensor& x, const std::vector<std::string>& wanted,
                                     detail::DetectionCall* detection = nullptr, void* trace = nullptr) const;
+  // run() with every op timed into one entry per (stage, op type), in the order first seen.
+  std::vector<OpStat> traced(const Tensor& x, const std::vector<std::string>& wanted,
+                             detail::DetectionCall* detection = nullptr) const;
   std::shared_ptr<const detail::Network> net_;
   Options opt_;
   std::shared_ptr<HostAllocator> alloc_;  // null: the process default
