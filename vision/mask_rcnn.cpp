@@ -515,7 +515,12 @@ class MaskRcnnNetwork final : public Network {
     ctx.stage("rpn");
     std::vector<heads::RpnLevelOut> rpn_out;
     for (const Tensor& l : levels) rpn_out.push_back(heads::rpn_head_level(ctx, l.slice0(b, b + 1), rpn_));
-    o->proposals = heads::rpn_proposals(rpn_out, c.rpn, im.img_h, im.img_w);  // (k, 5)
+    {
+      double bytes = 0;  // the scores and deltas it reads
+      for (const heads::RpnLevelOut& r : rpn_out) bytes += static_cast<double>(r.scores.numel() + r.deltas.numel()) * 4;
+      const OpTrace trace(ctx, "rpn_proposals", 0.0, bytes);  // top-k, box decoding and NMS (no FLOP count)
+      o->proposals = heads::rpn_proposals(rpn_out, c.rpn, im.img_h, im.img_w);  // (k, 5)
+    }
     o->rpn_ms = now_ms() - t0;
 
     // box head on the proposals
@@ -540,7 +545,11 @@ class MaskRcnnNetwork final : public Network {
     heads::RcnnConfig rc = c.rcnn;
     if (req.score_thr >= 0) rc.score_thr = req.score_thr;
     if (req.max_per_img >= 0) rc.max_per_img = req.max_per_img;
-    heads::Detections d = heads::box_postprocess(o->proposals, cls, deltas, rc, im.img_h, im.img_w);
+    heads::Detections d;
+    {
+      const OpTrace trace(ctx, "box_postprocess", 0.0, static_cast<double>(cls.numel() + deltas.numel()) * 4);
+      d = heads::box_postprocess(o->proposals, cls, deltas, rc, im.img_h, im.img_w);
+    }
     const int64_t m = d.size();
     // rescale=True: boxes / scale_factor; the mask RoIs are those boxes * scale_factor again (as mmdetection)
     Tensor mask_rois = d.boxes.clone();

@@ -265,6 +265,8 @@ Tensor multilevel_roi_align(const ExecContext& ctx, const std::vector<Tensor>& f
   }
   const Tensor levels = map_roi_levels(rois, finest_scale, static_cast<int>(feats.size()));
   const int64_t n = rois.dim(0), C = dims[0][0];
+  // traced by its output bytes only (its bilinear taps per bin depend on each RoI's size)
+  const OpTrace trace(ctx, "roi_align", 0.0, static_cast<double>(n * C * out_h * out_w) * sizeof(float));
   Tensor out = ctx.empty({n, C, out_h, out_w});
   const int64_t* lv = levels.data<int64_t>();
   const float* r = rois.f32();
