@@ -466,6 +466,23 @@ py::dict compare_dict(const Compare& c) {
   return d;
 }
 
+// One profile as [{'stage', 'op', 'calls', 'seconds', 'flops', 'bytes', 'threads'}], in the order first seen.
+py::list op_stats_list(const std::vector<OpStat>& stats) {
+  py::list l;
+  for (const OpStat& s : stats) {
+    py::dict d;
+    d["stage"] = s.stage;
+    d["op"] = s.op;
+    d["calls"] = s.calls;
+    d["seconds"] = s.seconds;
+    d["flops"] = s.flops;
+    d["bytes"] = s.bytes;
+    d["threads"] = s.threads;
+    l.append(d);
+  }
+  return l;
+}
+
 py::list detections_list(const DetectionResult& r, const std::vector<std::string>& names, bool masks) {
   py::list out;
   for (const Detection& d : r.detections) {
@@ -747,19 +764,7 @@ PYBIND11_MODULE(_mambacv, m) {
               py::gil_scoped_release nogil;
               stats = self.profile(in.t);
             }
-            py::list l;
-            for (const OpStat& s : stats) {
-              py::dict d;
-              d["stage"] = s.stage;
-              d["op"] = s.op;
-              d["calls"] = s.calls;
-              d["seconds"] = s.seconds;
-              d["flops"] = s.flops;
-              d["bytes"] = s.bytes;
-              d["threads"] = s.threads;
-              l.append(d);
-            }
-            return l;
+            return op_stats_list(stats);
           },
           py::arg("x"),
           "One forward pass with every op timed: [{'stage', 'op', 'calls', 'seconds', 'flops', ...}].")
@@ -848,6 +853,23 @@ PYBIND11_MODULE(_mambacv, m) {
           "uint8 pixels (H, W, 3) -> [{'label', 'name', 'score', 'box': (x1, y1, x2, y2), 'mask': {'size': "
           "(H, W), "
           "'counts': COCO RLE}}], boxes and masks in the image's pixels, by descending score.")
+      .def(
+          "profile",
+          [](const Detector& self, py::handle image, std::optional<float> score_thr,
+             std::optional<int> max_per_img, bool masks, const std::string& color) {
+            PixelView p = pixels_of(image, "Detector.profile: image", color);
+            std::vector<OpStat> stats;
+            {
+              py::gil_scoped_release nogil;
+              Image im = image_from_pixels(p.data, p.width, p.height, p.stride, p.fmt);
+              stats = self.profile(im, detect_options(score_thr, max_per_img, masks));
+            }
+            return op_stats_list(stats);
+          },
+          py::arg("image"), py::kw_only(), py::arg("score_thr") = py::none(),
+          py::arg("max_per_img") = py::none(), py::arg("masks") = true, py::arg("color") = "rgb",
+          "One detect(image) with every op timed: [{'stage', 'op', 'calls', 'seconds', 'flops', ...}], stages "
+          "the backbone's, then 'fpn', 'rpn', 'box_head' and 'mask_head'.")
       .def(
           "detect_many",
           [](const Detector& self, const py::sequence& images, std::optional<float> score_thr,

@@ -109,3 +109,8 @@ def test_detector_on_an_image(fixtures):
         assert [d["label"] for d in got] == [d["label"] for d in want]
         assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-5)
     assert det.detect_many([]) == []
+    prof = det.profile(im, score_thr=0.05, max_per_img=20)
+    stages = {row["stage"] for row in prof}
+    assert {"fpn", "rpn", "box_head"} <= stages and "stage.0" in stages
+    assert all(row["calls"] >= 1 and row["seconds"] >= 0 for row in prof)
+    assert sum(row["flops"] for row in prof if row["stage"] == "rpn") > 0
