@@ -176,6 +176,11 @@ Image synthetic(int w, int h, int seed) {
   return im;
 }
 
+// The mini fixture's detector with its trained weights.
+Detector mini_detector() {
+  return Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+}
+
 TEST(MaskRcnn, PipelineRescaleAndPadArithmetic) {
   struct Case {
     int w, h;
@@ -202,7 +207,7 @@ TEST(MaskRcnn, PipelineRescaleAndPadArithmetic) {
 
 TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
   MAMBACV_REQUIRE_FIXTURES();
-  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  Detector det = mini_detector();
   DetectOptions opt;
   opt.score_thr = 0.0f;
   opt.max_per_img = 30;
@@ -258,12 +263,11 @@ TEST(MaskRcnn, BoxesAndMasksMappedBackToTheImage) {
   }
 }
 
-// detect(images): the images of one padded size share a forward, and every result equals a one-image call.
 // Detector::profile traces every part of a detection: the backbone's stages and FPN (their FLOPs are what
 // flops_per_image counts), then the RPN, the box head and, with boxes kept, the mask head.
 TEST(MaskRcnn, ProfileTracesEveryPartOfADetection) {
   MAMBACV_REQUIRE_FIXTURES();
-  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  Detector det = mini_detector();
   DetectOptions opt;
   opt.score_thr = 0.0f;
   opt.max_per_img = 30;
@@ -315,9 +319,10 @@ TEST(MaskRcnn, CliProfilePrintsThePerOpTable) {
   EXPECT_NE(out.find("profile mean over 1 image(s)"), std::string::npos) << out;
 }
 
+// detect(images): the images of one padded size share a forward, and every result equals a one-image call.
 TEST(MaskRcnn, BatchedDetectEqualsOneImageAtATime) {
   MAMBACV_REQUIRE_FIXTURES();
-  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  Detector det = mini_detector();
   DetectOptions opt;
   opt.score_thr = 0.0f;
   opt.max_per_img = 20;
@@ -370,7 +375,7 @@ TEST(MaskRcnn, BatchedDetectEqualsOneImageAtATime) {
 
 TEST(MaskRcnn, ThreadsShareOneDetector) {
   MAMBACV_REQUIRE_FIXTURES();
-  Detector det = Detector::load(test::fixture(kFixture), test::fixture("det/maskrcnn_vmamba_mini.weights.safetensors"));
+  Detector det = mini_detector();
   Tensor x = load_safetensors(test::fixture("det/maskrcnn_vmamba_mini.golden.safetensors")).tensors.at("input");
   DetectionResult serial = det.detect(x, 250, 300);
   std::vector<DetectionResult> res(3);

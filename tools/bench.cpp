@@ -112,8 +112,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
     double frac = achieved / batch_peak;
     std::vector<OpStat> ops_table;
     if (per_op) ops_table = model.profile(x);
-    // the fraction of the FMA peak the batch would reach if its ops took `seconds` (one traced pass)
-    auto floor_fraction = [&](double seconds) { return seconds > 0 ? gflop * b / seconds / batch_peak : 0.0; };
     // the floors are f32's: the FMA peak and the GEMM rate are measured in f32 (bf16 products can beat both)
     const bool f32 = opt.dtype == DType::F32;
     if (json) {
@@ -141,9 +139,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
           const ProfileFloor pf = profile_floor(ops_table, threads, batch_peak, machine.gemm_gflops);
           j["floor"] = {{"ops_ms", pf.seconds * 1e3},
                         {"floor_ms", pf.floor_seconds * 1e3},
-                        {"floor_peak_fraction", floor_fraction(pf.floor_seconds)},
+                        {"floor_peak_fraction", pf.peak_fraction(pf.floor_seconds, batch_peak)},
                         {"gemm_rate_floor_ms", pf.gemm_rate_floor_seconds * 1e3},
-                        {"gemm_rate_floor_peak_fraction", floor_fraction(pf.gemm_rate_floor_seconds)}};
+                        {"gemm_rate_floor_peak_fraction", pf.peak_fraction(pf.gemm_rate_floor_seconds, batch_peak)}};
         }
         const ScanBound sb = scan_bound(ops_table, threads);
         if (sb.present())

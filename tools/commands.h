@@ -84,6 +84,11 @@ struct ProfileFloor {
   double seconds = 0;        // the profile's time in ops
   double floor_seconds = 0;  // every row at op_floor_seconds
   double gemm_rate_floor_seconds = 0;  // the same with the GEMMs' FLOPs at the measured 1024^3 GEMM rate
+  double flops = 0;                    // the profile's FLOPs
+  // the fraction of the FMA peak the pass would reach if its ops took `seconds`
+  double peak_fraction(double seconds, double fma_peak_gflops) const {
+    return seconds > 0 ? flops / seconds / (fma_peak_gflops * 1e9) : 0.0;
+  }
 };
 ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double fma_peak_gflops, double gemm_gflops);
 // The per-op table of `bench --per-op` and `detect --profile`, each line indented by two spaces: a title line

@@ -126,6 +126,7 @@ ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double f
   for (const OpStat& o : ops) {
     const double floor = op_floor_seconds(o, threads, fma_peak_gflops);
     f.seconds += o.seconds;
+    f.flops += o.flops;
     f.floor_seconds += floor;
     f.gemm_rate_floor_seconds += is_gemm(o) ? std::max(floor, o.flops / (gemm_gflops * 1e9)) : floor;
   }
@@ -134,11 +135,9 @@ ProfileFloor profile_floor(const std::vector<OpStat>& ops, int threads, double f
 
 void print_op_profile(std::FILE* out, const std::vector<OpStat>& ops, const char* title, int threads,
                       double fma_peak_gflops, double gemm_gflops, bool f32) {
-  double total = 0, flops = 0;
-  for (const OpStat& o : ops) total += o.seconds, flops += o.flops;
-  // the fraction of the FMA peak the pass would reach if its ops took `seconds`
-  auto floor_fraction = [&](double seconds) { return seconds > 0 ? flops / seconds / (fma_peak_gflops * 1e9) : 0.0; };
-  std::fprintf(out, "  %s, %.2f ms in ops, %.3f GFLOP:\n", title, total * 1e3, flops / 1e9);
+  const ProfileFloor pf = profile_floor(ops, threads, fma_peak_gflops, gemm_gflops);
+  const double total = pf.seconds;
+  std::fprintf(out, "  %s, %.2f ms in ops, %.3f GFLOP:\n", title, total * 1e3, pf.flops / 1e9);
   std::fprintf(out, "  %-16s %-20s %6s %9s %6s %9s %10s %9s %9s %7s\n", "stage", "op", "calls", "ms", "share", "GFLOP",
                "MB", "GFLOP/s", "floor_ms", "x_floor");
   for (const OpStat& o : ops) {
@@ -149,13 +148,12 @@ void print_op_profile(std::FILE* out, const std::vector<OpStat>& ops, const char
                  o.seconds > 0 ? o.flops / o.seconds / 1e9 : 0.0, floor * 1e3, floor > 0 ? o.seconds / floor : 0.0);
   }
   if (f32) {
-    const ProfileFloor pf = profile_floor(ops, threads, fma_peak_gflops, gemm_gflops);
     std::fprintf(out,
                  "  floor (every op at its roofline: FLOPs at the FMA peak or bytes at the copy bandwidth, the scan at "
                  "its bound): %.2f ms, %.0f%% of the FMA peak; with the GEMMs at the 1024^3 GEMM rate: %.2f ms, "
                  "%.0f%%\n",
-                 pf.floor_seconds * 1e3, 100.0 * floor_fraction(pf.floor_seconds), pf.gemm_rate_floor_seconds * 1e3,
-                 100.0 * floor_fraction(pf.gemm_rate_floor_seconds));
+                 pf.floor_seconds * 1e3, 100.0 * pf.peak_fraction(pf.floor_seconds, fma_peak_gflops),
+                 pf.gemm_rate_floor_seconds * 1e3, 100.0 * pf.peak_fraction(pf.gemm_rate_floor_seconds, fma_peak_gflops));
   }
   const ScanBound sb = scan_bound(ops, threads);
   if (sb.present())
